@@ -1,0 +1,63 @@
+"""`Accelerator._prepare_cp` that prepares nothing: cpshim (or the trainer) owns the sharding.
+
+Upstream sets `_cp_context` to torch's `context_parallel` and hooks every `*self_attn` module to drop
+the mask (1.10.1-1.11.0, 1.13.0-1.15.0); 1.12.0 never sets `_cp_context` at all (accelerate #3856).
+Replacing the body fixes both: `maybe_context_parallel` gets a context that does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from .. import lifecycle
+from ..errors import CpshimRuntimeError, CpshimWarning
+from ..modes import RING, cp_owned
+
+
+@contextlib.contextmanager
+def no_cp_context(buffers: Any = None, buffer_seq_dims: Any = None, no_restore_buffers: Any = None) -> Iterator[None]:
+    """Takes what `Accelerator.maybe_context_parallel` passes; shards nothing."""
+    yield
+
+
+def non_full_attention_layers(model: Any) -> list[str]:
+    """Layer types that ring attention over the whole sequence would compute wrongly.
+
+    Same rule as accelerate 1.15's refusal, applied on every version: any `layer_types` entry other
+    than full_attention, or a truthy `sliding_window` when there are no layer types.
+    """
+    config = getattr(model, "config", None)
+    if config is None or isinstance(config, dict):
+        return []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types:
+        return sorted({t for t in layer_types if t != "full_attention"})
+    return ["sliding_attention"] if getattr(text, "sliding_window", None) else []
+
+
+def check_layers(model: Any, mode: str) -> None:
+    bad = non_full_attention_layers(model)
+    if not bad:
+        return
+    reason = (f"{type(model).__name__} has attention layers of type {', '.join(bad)}; context parallelism "
+              "over the full sequence computes them wrongly: use a model with full attention only, or disable CP")
+    if mode == RING:
+        raise CpshimRuntimeError(f"cpshim ring mode refuses this model: {reason}")
+    lifecycle.notice("non-full-attention", reason, model=type(model).__name__)
+    import warnings
+
+    warnings.warn(f"cpshim: {reason}", CpshimWarning, stacklevel=4)
+
+
+def no_op_context(call: Any, accelerator: Any, *args: Any) -> tuple:
+    """Keeps: the arguments, returned unchanged. Turns off: rotate method, torch context_parallel,
+    self_attn hooks. Checked against accelerate 1.10.1-1.15.0."""
+    if not cp_owned(getattr(accelerator, "parallelism_config", None)):
+        return call.original(*args)
+    for arg in args:
+        if hasattr(arg, "config") and hasattr(arg, "named_modules"):
+            check_layers(arg, call.mode)
+    accelerator._cp_context = no_cp_context
+    return args

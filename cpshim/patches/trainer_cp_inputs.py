@@ -1,0 +1,81 @@
+"""`Trainer._prepare_context_parallel_inputs` for trainers that shard the batch themselves.
+
+Upstream (transformers >= 4.56) prepares torch's native CP: it refuses any attention but SDPA and
+returns a context that shards the batch with torch `context_parallel`. A ring-flash-attn trainer
+shards on its own, so that partition must never run, and the SDPA-only guard (whose reason is that
+torch CP can only intercept SDPA) no longer applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ..modes import RING, cp_owned
+
+
+class _SdpaConfig:
+    """A read-only view of the model's config that reports `sdpa` to upstream's guard.
+
+    The user's config is never mutated; a DeepSpeed engine's `.config` (a dict, axolotl #3204) is
+    never read for the attention implementation.
+    """
+
+    _attn_implementation = "sdpa"
+
+    def __init__(self, config: Any) -> None:
+        object.__setattr__(self, "_config", config)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._config, name)
+
+
+class _GuardView:
+    """The model as upstream's guard sees it: `.config` reports sdpa, everything else is the model."""
+
+    def __init__(self, model: Any) -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "config", _SdpaConfig(model.config))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _pc(trainer: Any) -> Any:
+    return getattr(getattr(trainer, "accelerator", None), "parallelism_config", None)
+
+
+def prepare_full_length(call: Any, trainer: Any, model: Any, inputs: dict) -> dict:
+    """Run upstream's preparation (position_ids, shift_labels, causal-mask check) without its guard
+    and without its partition; returns the inputs with full-length keys added."""
+    view = _GuardView(model) if hasattr(model, "config") else model
+    _context, inputs = call.original(view, inputs)
+    return inputs
+
+
+def _ring(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+    from ..ring import trainer_hook
+
+    return trainer_hook.prepare(call, trainer, model, prepare_full_length(call, trainer, model, inputs))
+
+
+def relax_guard(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+    """transformers 4.56-4.57: keep upstream's key preparation and causal check; accept any attention
+    implementation; never enter torch's partition (the returned context is a no-op)."""
+    if not cp_owned(_pc(trainer)):
+        return call.original(model, inputs)
+    if call.mode == RING:
+        return _ring(call, trainer, model, inputs)
+    return contextlib.nullcontext, prepare_full_length(call, trainer, model, inputs)
+
+
+def no_op(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+    """transformers 5.x: nothing upstream does is needed by a trainer that shards itself (axolotl
+    #3520). With `full_length_keys=True` it adds the same keys as the 4.x variant."""
+    if not cp_owned(_pc(trainer)):
+        return call.original(model, inputs)
+    if call.mode == RING:
+        return _ring(call, trainer, model, inputs)
+    if call.settings.get("full_length_keys"):
+        return contextlib.nullcontext, prepare_full_length(call, trainer, model, inputs)
+    return contextlib.nullcontext, inputs

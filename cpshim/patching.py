@@ -1,0 +1,99 @@
+"""Install and remove one wrapper per target, keeping the exact original for revert.
+
+The original is the raw class-dict entry found through the MRO (`vars(cls)[name]`), so revert
+restores the very same object (a function, property or staticmethod), or deletes cpshim's entry when
+the attribute was inherited.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import CpshimWarning
+
+MARK = "__cpshim_patch__"
+_MISSING = object()
+
+# dispatch(patch_id, original_bound_callable, self, args, kwargs) -> result
+Dispatch = Callable[[str, Callable[..., Any], Any, tuple, dict], Any]
+
+
+@dataclass
+class Installed:
+    owner: Any
+    name: str
+    raw: Any
+    own: bool  # the attribute was in vars(owner) (restore) rather than inherited (delete)
+    wrapper: Any
+
+
+def resolve(module_name: str, attr_path: tuple[str, ...]) -> tuple[Any, str, Any, bool]:
+    """(owner, name, raw original, defined on owner itself); AttributeError names what is missing."""
+    obj: Any = sys.modules[module_name]
+    for part in attr_path[:-1]:
+        obj = getattr(obj, part)
+    name = attr_path[-1]
+    chain = obj.__mro__ if isinstance(obj, type) else (obj,)
+    for klass in chain:
+        if name in vars(klass):
+            return obj, name, vars(klass)[name], klass is obj
+    raise AttributeError(f"{module_name}:{'.'.join(attr_path)} does not exist in the installed version")
+
+
+def _wrap_function(patch_id: str, func: Callable[..., Any], dispatch: Dispatch) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(self, *args, **kwargs):
+        return dispatch(patch_id, func.__get__(self, type(self)), self, args, kwargs)
+
+    setattr(wrapper, MARK, patch_id)
+    return wrapper
+
+
+def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch) -> Any:
+    """A wrapper of the same descriptor kind as `raw` (function or property)."""
+    if isinstance(raw, property):
+        fget = _wrap_function(patch_id, raw.fget, dispatch)  # type: ignore[arg-type]
+        wrapped = property(fget, raw.fset, raw.fdel, raw.__doc__)
+        return wrapped
+    if callable(raw) and hasattr(raw, "__get__") and not isinstance(raw, (staticmethod, classmethod)):
+        return _wrap_function(patch_id, raw, dispatch)
+    raise TypeError(f"cpshim cannot wrap {type(raw).__name__} objects (patch {patch_id})")
+
+
+def is_wrapper(obj: Any, patch_id: str | None = None) -> bool:
+    inner = obj.fget if isinstance(obj, property) else obj
+    mark = getattr(inner, MARK, None)
+    return mark is not None and (patch_id is None or mark == patch_id)
+
+
+def install(patch_id: str, module_name: str, attr_path: tuple[str, ...], dispatch: Dispatch,
+            wrapper: Any = None) -> Installed:
+    """Wrap the target; reuse `wrapper` if given (one wrapper per target for the process's life)."""
+    owner, name, raw, own = resolve(module_name, attr_path)
+    if is_wrapper(raw, patch_id):  # already ours (found in a base class after an earlier install)
+        raise RuntimeError(f"{module_name}:{'.'.join(attr_path)} is already wrapped by cpshim")
+    if wrapper is None:
+        wrapper = make_wrapper(patch_id, raw, dispatch)
+    setattr(owner, name, wrapper)
+    return Installed(owner, name, raw, own, wrapper)
+
+
+def uninstall(inst: Installed) -> bool:
+    """Restore the original only where cpshim's wrapper is still in place; else warn and leave it."""
+    current = vars(inst.owner).get(inst.name, _MISSING)
+    if current is not inst.wrapper:
+        warnings.warn(
+            f"cpshim: {inst.owner.__qualname__}.{inst.name} was replaced after cpshim patched it; "
+            "leaving the newer object in place (revert the other patch first)",
+            CpshimWarning, stacklevel=3,
+        )
+        return False
+    if inst.own:
+        setattr(inst.owner, inst.name, inst.raw)
+    else:
+        delattr(inst.owner, inst.name)
+    return True

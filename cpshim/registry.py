@@ -1,0 +1,200 @@
+"""Patches as data, and the pure function that picks one variant per patch.
+
+Nothing here imports torch, transformers or accelerate: tools (nox, the compat generator, the CLI's
+what-if mode) read the registry and evaluate selection for versions that are not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+
+from .errors import DependencyConflict, RegistrationError
+from .versions import VersionInfo
+
+SUPPORTED, UNTESTED, UNSUPPORTED = "supported", "untested", "unsupported"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One implementation of a patch, valid for a range of upstream releases.
+
+    `requires` maps distribution -> PEP 440 specifier; `ceiling` maps distribution -> newest release
+    this variant was tested against (above it: `untested`). `impl` is `module:function`, imported only
+    when the patch is applied. `info` is copied into the report (e.g. which keys the hook adds).
+    """
+
+    name: str
+    requires: Mapping[str, str]
+    ceiling: Mapping[str, str]
+    impl: str
+    info: Mapping[str, object] = field(default_factory=dict)
+
+    def specifiers(self) -> dict[str, SpecifierSet]:
+        return {dist: SpecifierSet(spec) for dist, spec in self.requires.items()}
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
+
+    `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
+    names the upgrade). `watch` lists the upstream code whose fingerprint must match a tested release
+    (`module:qualname`, or `module:qualname@name` for the statements of qualname that mention name).
+    """
+
+    id: str
+    target: str
+    dist: str
+    floor: str
+    variants: tuple[Variant, ...]
+    group: str | None = None
+    watch: tuple[str, ...] = ()
+    summary: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def attr_path(self) -> tuple[str, ...]:
+        return tuple(self.target.partition(":")[2].split("."))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of selection for one patch: a variant or None, always with support and a reason."""
+
+    patch: Patch
+    variant: Variant | None
+    support: str
+    reason: str
+    needed: bool = True
+    conflicts: tuple[DependencyConflict, ...] = ()
+
+
+def _match(spec: SpecifierSet, info: VersionInfo) -> bool:
+    """Pre/dev/post/local builds are matched by their release (see README, "Version policy")."""
+    assert info.version is not None
+    return spec.contains(Version(info.version.base_version), prereleases=True)
+
+
+def _conflicts(variant: Variant, versions: Mapping[str, VersionInfo]) -> list[DependencyConflict]:
+    out = []
+    for dist, spec in variant.specifiers().items():
+        info = versions.get(dist) or VersionInfo(dist, None)
+        if info.version is None or not _match(spec, info):
+            out.append(DependencyConflict(dist, str(spec), info.raw))
+    return out
+
+
+def _untested_reason(variant: Variant, versions: Mapping[str, VersionInfo]) -> str | None:
+    for dist, ceiling in variant.ceiling.items():
+        info = versions[dist]
+        assert info.version is not None
+        if info.version.is_prerelease:
+            return (
+                f"{dist} {info.raw} is a pre-release build; variant {variant.name!r} was tested on releases "
+                f"up to {ceiling}: pin {dist}=={ceiling} for a tested setup"
+            )
+        if Version(info.version.base_version) > Version(ceiling):
+            return (
+                f"{dist} {info.raw} is newer than {ceiling}, the newest release variant {variant.name!r} "
+                f"was tested on: pin {dist}<={ceiling} or run `cpshim check` after upgrading cpshim"
+            )
+    return None
+
+
+def select(patch: Patch, versions: Mapping[str, VersionInfo]) -> Selection:
+    """Pick exactly one variant (or none, with a reason). Total: never raises on version input."""
+    own = versions.get(patch.dist) or VersionInfo(patch.dist, None)
+    if own.raw is None:
+        return Selection(patch, None, SUPPORTED, f"{patch.dist} is not installed: nothing to patch", False)
+    if own.version is None:
+        return Selection(
+            patch, None, UNSUPPORTED,
+            f"{patch.dist} reports version {own.raw!r}, which is not a PEP 440 version: cpshim cannot tell "
+            f"which code it runs; reinstall a released {patch.dist} (pip install --force-reinstall {patch.dist})",
+        )
+    bad = [v for v in versions.values() if v.raw is not None and v.version is None]
+    if Version(own.version.base_version) < Version(patch.floor):
+        return Selection(
+            patch, None, UNSUPPORTED,
+            f"{patch.dist} {own.raw} has no {patch.target.partition(':')[2]} (added in {patch.floor}): "
+            f"pip install -U '{patch.dist}>={patch.floor}'",
+        )
+    matching = [v for v in patch.variants if not _conflicts(v, versions)]
+    if len(matching) > 1:
+        raise RegistrationError(f"{patch.id}: variants {[v.name for v in matching]} overlap at {dict(versions)}")
+    if matching:
+        variant = matching[0]
+        why = _untested_reason(variant, versions)
+        if why:
+            return Selection(patch, variant, UNTESTED, why)
+        return Selection(patch, variant, SUPPORTED, f"{variant.name}: tested on this release range")
+    # No variant: explain with the closest one (own dist in range first, then fewest unmet requirements).
+    def distance(v: Variant) -> tuple[bool, int]:
+        found = _conflicts(v, versions)
+        return any(c.dist == patch.dist for c in found), len(found)
+
+    closest = min(patch.variants, key=distance)
+    conflicts = tuple(_conflicts(closest, versions))
+    fixes = "; ".join(c.fix() for c in conflicts)
+    invalid = "".join(f" ({b.dist} {b.raw!r} is not a PEP 440 version)" for b in bad)
+    return Selection(
+        patch, None, UNSUPPORTED,
+        f"no variant of {patch.id} fits {', '.join(c.describe() for c in conflicts)}{invalid}: {fixes}",
+        conflicts=conflicts,
+    )
+
+
+class Registry:
+    """An ordered set of patches; registration checks what can be checked without versions."""
+
+    def __init__(self, patches: tuple[Patch, ...] = ()) -> None:
+        self._patches: dict[str, Patch] = {}
+        for patch in patches:
+            self.register(patch)
+
+    def register(self, patch: Patch) -> None:
+        if patch.id in self._patches:
+            raise RegistrationError(f"patch id {patch.id!r} registered twice")
+        if ":" not in patch.target or not patch.attr_path[-1]:
+            raise RegistrationError(f"{patch.id}: target {patch.target!r} is not 'module:Owner.attr'")
+        if not patch.variants:
+            raise RegistrationError(f"{patch.id}: no variants")
+        for variant in patch.variants:
+            try:
+                variant.specifiers()
+                Version(patch.floor)
+                [Version(c) for c in variant.ceiling.values()]
+            except (InvalidSpecifier, ValueError) as e:
+                raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e
+            if ":" not in variant.impl:
+                raise RegistrationError(f"{patch.id}/{variant.name}: impl {variant.impl!r} is not 'module:attr'")
+            if set(variant.ceiling) - set(variant.requires):
+                raise RegistrationError(f"{patch.id}/{variant.name}: ceiling names a dist it does not require")
+        self._patches[patch.id] = patch
+
+    def __iter__(self):
+        return iter(self._patches.values())
+
+    def __getitem__(self, patch_id: str) -> Patch:
+        return self._patches[patch_id]
+
+    def dists(self) -> tuple[str, ...]:
+        names = {p.dist for p in self} | {d for p in self for v in p.variants for d in v.requires}
+        return tuple(sorted(names))
+
+    def groups(self) -> dict[str, tuple[Patch, ...]]:
+        out: dict[str, list[Patch]] = {}
+        for p in self:
+            if p.group:
+                out.setdefault(p.group, []).append(p)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def select_all(self, versions: Mapping[str, VersionInfo]) -> dict[str, Selection]:
+        return {p.id: select(p, versions) for p in self}
