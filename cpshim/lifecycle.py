@@ -150,18 +150,15 @@ def _fail_group(st: _State, during_import: bool) -> None:
 
 
 def _check_fingerprint(st: _State) -> None:
-    try:
-        from . import fingerprint
-    except ImportError:
-        return
-    fp, matches = fingerprint.check(st.patch)
-    st.fingerprint = {"value": fp, "matches": list(matches)}
-    if not matches and st.support == SUPPORTED:
+    """An installed target that matches no tested release is `untested`, whatever its version says."""
+    from . import fingerprint
+
+    result = fingerprint.check(st.patch)
+    st.fingerprint = {"value": result.fingerprint, "matches": list(result.releases),
+                      "unmatched": list(result.unmatched)}
+    if result.reason and st.support == SUPPORTED:
         dist = st.patch.dist
-        st.support = UNTESTED
-        st.reason = (f"{dist} {_versions[dist].raw}: {'.'.join(st.patch.attr_path)} or the upstream code "
-                     f"around it differs from every tested release; pin a tested {dist} release "
-                     "(see `cpshim report`) or upgrade cpshim")
+        st.support, st.reason = UNTESTED, f"{dist} {_versions[dist].raw}: {result.reason}"
 
 
 def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:

@@ -1,0 +1,43 @@
+"""Shared test helpers: fresh interpreters, and observing whether upstream code ran."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with the repo importable; fail with its output."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    full_env.pop("CPSHIM_POLICY", None)
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=str(ROOT))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@contextlib.contextmanager
+def code_runs(*funcs):
+    """Yield a set filled with the functions (by code object) among `funcs` that executed inside."""
+    codes = {f.__code__: f for f in funcs}
+    seen: set = set()
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            seen.add(codes[frame.f_code])
+
+    old = sys.getprofile()
+    sys.setprofile(profiler)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(old)
