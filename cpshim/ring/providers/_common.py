@@ -1,0 +1,96 @@
+"""Argument checks shared by the providers.
+
+flash-attn 2.8 accepts dropout, softcap, alibi and sliding windows; ring-flash-attn passes them
+through. Our providers implement none of them, so they refuse loudly instead of ignoring them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedAttentionError
+
+# The names ring-flash-attn 0.1.8 imports from flash_attn.flash_attn_interface.
+FUNCTION_NAMES = (
+    "_flash_attn_forward",
+    "_flash_attn_backward",
+    "_flash_attn_varlen_forward",
+    "_flash_attn_varlen_backward",
+)
+
+
+def round_multiple(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def resolve_scale(softmax_scale: float | None, head_dim: int) -> float:
+    return float(softmax_scale) if softmax_scale is not None else head_dim ** -0.5
+
+
+def check_supported(
+    *,
+    dropout_p: Any,
+    softcap: Any,
+    alibi_slopes: Any,
+    window_size_left: Any,
+    window_size_right: Any,
+    causal: bool,
+    seqlen_k: int | None = None,
+    return_softmax: Any = False,
+) -> None:
+    """Raise UnsupportedAttentionError for features the providers do not implement.
+
+    Window sizes are normalised as flash-attn's C++ does (>= seqlen_k means unlimited, causal
+    forces right=0), so only a real sliding window is refused.
+    """
+    if dropout_p not in (None, 0, 0.0):
+        raise UnsupportedAttentionError(
+            f"attention dropout_p={dropout_p} is not supported by cpshim's kernel providers "
+            "(ring-flash-attn cannot replay dropout RNG across ring steps); set attention_dropout=0"
+        )
+    if return_softmax:
+        raise UnsupportedAttentionError("return_softmax is only supported with dropout_p > 0 (flash-attn 2.8)")
+    if softcap not in (None, 0, 0.0):
+        raise UnsupportedAttentionError(f"attention softcap={softcap} is not supported by cpshim's providers")
+    if alibi_slopes is not None:
+        raise UnsupportedAttentionError("alibi_slopes are not supported by cpshim's kernel providers")
+    left = -1 if window_size_left is None else int(window_size_left)
+    right = -1 if window_size_right is None else int(window_size_right)
+    if seqlen_k is not None:
+        if left >= seqlen_k:
+            left = -1
+        if right >= seqlen_k:
+            right = -1
+    if causal and right == 0:
+        right = -1
+    if left != -1 or right != -1:
+        raise UnsupportedAttentionError(
+            f"sliding-window attention (window_size=({window_size_left}, {window_size_right})) is not "
+            "supported by cpshim's kernel providers; only (-1, -1) is"
+        )
+
+
+def check_finite_scale(scale: float) -> None:
+    if not math.isfinite(scale):
+        raise UnsupportedAttentionError(f"softmax_scale must be finite, got {scale}")
+
+
+def varlen_softmax_d(delta: torch.Tensor, cu_seqlens_q: torch.Tensor) -> torch.Tensor:
+    """Place per-token delta (h, total_q) in flash-attn 2.8's varlen softmax_d layout.
+
+    That layout is (h, total_q + 128 * batch) with sequence i starting at cu_seqlens_q[i] + 128 * i
+    (flash_bwd_preprocess_kernel.h). Built with bucketize, so no host sync.
+    """
+    h, total = delta.shape
+    n = cu_seqlens_q.numel() - 1
+    out = torch.zeros((h, total + 128 * n), dtype=torch.float32, device=delta.device)
+    cu = cu_seqlens_q.to(device=delta.device, dtype=torch.long)
+    tok = torch.arange(total, device=delta.device)
+    seq = torch.bucketize(tok, cu[1:], right=True)
+    inside = tok < cu[-1]
+    idx = (tok + 128 * seq)[inside]
+    out[:, idx] = delta[:, inside].float()
+    return out

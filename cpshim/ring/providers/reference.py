@@ -1,0 +1,310 @@
+"""Pure-torch stand-ins for flash-attn 2.8's private kernels (any device, any float dtype).
+
+ring-flash-attn calls `_flash_attn_forward(**params)` with params read from this module's
+signatures, so names, order and defaults mirror flash_attn/flash_attn_interface.py v2.8.3, and so
+do the returns: forward -> (out, softmax_lse, S_dmask, rng_state) with lse fp32 (b, h, s_q)
+(varlen: (h, total_q)); backward writes dq/dk/dv in place and returns softmax_d. Causal masks are
+bottom-right aligned as in flash-attn >= 2.1. Math runs in fp32 (fp64 for fp64 input) over blocks
+of queries so that memory stays O(block x s_k), not O(s_q x s_k).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..errors import UnsupportedAttentionError
+from ._common import check_supported, resolve_scale, round_multiple, varlen_softmax_d
+
+NAME = "reference"
+# Budget for one block's score-sized temporaries (scores, probabilities, their gradient).
+BLOCK_BYTES = 64 << 20
+
+
+def flash_attn_ge_2_1() -> bool:
+    """Causal masks here are bottom-right aligned, the semantics flash-attn 2.1 introduced."""
+    return True
+
+
+def _cdt(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _heads(x: torch.Tensor, hk: int, cdt: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """(b, s, h, d) -> contiguous (b, hk, h // hk, s, d): query head i uses kv head i // (h // hk)."""
+    b, s, h, d = x.shape
+    y = x.reshape(b, s, hk, h // hk, d).permute(0, 2, 3, 1, 4).to(cdt, copy=True, memory_format=torch.contiguous_format)
+    return y.mul_(scale) if scale != 1.0 else y
+
+
+def _kv(x: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """(b, s, hk, d) -> contiguous (b, hk, s, d)."""
+    return x.permute(0, 2, 1, 3).to(cdt, copy=True, memory_format=torch.contiguous_format)
+
+
+def _rows_per_block(b: int, h: int, sk: int, cdt: torch.dtype) -> int:
+    per_row = 2 * b * h * max(sk, 1) * torch.finfo(cdt).bits // 8
+    return max(16, BLOCK_BYTES // per_row)
+
+
+def _block(x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+    """Rows [i0, i1) of (b, hk, g, s, d), flattened to (b, hk, g * rows, d) for one matmul per kv head."""
+    b, hk, g, _, d = x.shape
+    return x[:, :, :, i0:i1].reshape(b, hk, g * (i1 - i0), d)
+
+
+def _scores(qb, kh, g, i0, i1, kmax, offset, causal):
+    """Scaled scores (b, hk, g, rows, kmax); bottom-right causal mask applied to the diagonal band only."""
+    b, hk = qb.shape[:2]
+    s = torch.matmul(qb, kh[:, :, :kmax].transpose(-1, -2)).view(b, hk, g, i1 - i0, kmax)
+    if causal:
+        lo = max(0, i0 + offset + 1)  # columns < lo are visible to every row of the block
+        if lo < kmax:
+            rows = torch.arange(i0, i1, device=s.device).unsqueeze(1) + offset
+            band = torch.arange(lo, kmax, device=s.device).unsqueeze(0) > rows
+            s[..., lo:kmax].masked_fill_(band, float("-inf"))
+    return s
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: int) -> None:
+    if q.dim() != dims or k.dim() != dims or v.dim() != dims:
+        raise ValueError(f"expected {dims}-D q/k/v, got {q.dim()}/{k.dim()}/{v.dim()}")
+    if q.shape[-2] % k.shape[-2] != 0 or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"kv heads ({k.shape[-2]}) must divide query heads ({q.shape[-2]})")
+
+
+def _limit(i1: int, offset: int, sk: int, causal: bool) -> int:
+    return max(0, min(sk, i1 + offset)) if causal else sk
+
+
+def _dense_forward(q, k, v, scale: float, causal: bool):
+    """One batch of equal-length sequences; returns (out in q.dtype, lse fp32 (b, h, s_q))."""
+    b, sq, h, _ = q.shape
+    sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    g = h // hk
+    cdt = _cdt(q.dtype)
+    out = torch.zeros((b, sq, hk, g, dv), dtype=q.dtype, device=q.device)
+    lse = torch.full((b, hk, g, sq), float("inf"), dtype=torch.float32, device=q.device)
+    qh, kh, vh = _heads(q, hk, cdt, scale), _kv(k, cdt), _kv(v, cdt)
+    offset = sk - sq
+    step = _rows_per_block(b, h, sk, cdt)
+    for i0 in range(0, sq, step):
+        i1 = min(sq, i0 + step)
+        kmax = _limit(i1, offset, sk, causal)
+        if kmax == 0:
+            continue  # every row fully masked: out 0, lse +inf (flash-attn's convention)
+        p = _scores(_block(qh, i0, i1), kh, g, i0, i1, kmax, offset, causal)
+        m = p.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        p.sub_(m).exp_()
+        denom = p.sum(dim=-1, keepdim=True)
+        o = torch.matmul(p.view(b, hk, g * (i1 - i0), kmax), vh[:, :, :kmax]).view(b, hk, g, i1 - i0, dv)
+        o.div_(torch.where(denom > 0, denom, torch.ones_like(denom)))
+        blk = torch.where(denom > 0, m + torch.log(denom), torch.full_like(denom, float("inf")))
+        out[:, i0:i1].copy_(o.permute(0, 3, 1, 2, 4))
+        lse[..., i0:i1] = blk.squeeze(-1)
+    return out.view(b, sq, h, dv), lse.view(b, h, sq)
+
+
+def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: bool):
+    """Writes dq/dk/dv (overwriting) and returns delta = rowsum(dout * out), fp32 (b, h, s_q)."""
+    b, sq, h, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    g = h // hk
+    cdt = _cdt(q.dtype)
+    qh, doh = _heads(q, hk, cdt, scale), _heads(dout, hk, cdt)
+    kh, vh = _kv(k, cdt), _kv(v, cdt)
+    delta = (doh * _heads(out, hk, cdt)).sum(dim=-1)
+    lse_h = lse.reshape(b, hk, g, sq).to(cdt)
+    dk_acc = torch.zeros((b, hk, sk, d), dtype=cdt, device=q.device)
+    dv_acc = torch.zeros((b, hk, sk, v.shape[-1]), dtype=cdt, device=q.device)
+    dq_v = dq.view(b, sq, hk, g, d) if dq.is_contiguous() else None
+    offset = sk - sq
+    step = _rows_per_block(b, h, sk, cdt)
+    for i0 in range(0, sq, step):
+        i1 = min(sq, i0 + step)
+        rows = g * (i1 - i0)
+        kmax = _limit(i1, offset, sk, causal)
+        if kmax == 0:
+            dq[:, i0:i1].zero_()
+            continue
+        qb, dob = _block(qh, i0, i1), _block(doh, i0, i1)
+        p = _scores(qb, kh, g, i0, i1, kmax, offset, causal)
+        p.sub_(lse_h[..., i0:i1, None]).exp_()  # lse +inf (empty row) -> p = 0
+        ds = torch.matmul(dob, vh[:, :, :kmax].transpose(-1, -2)).view(b, hk, g, i1 - i0, kmax)
+        ds.sub_(delta[..., i0:i1, None]).mul_(p)
+        p2, ds2 = p.view(b, hk, rows, kmax), ds.view(b, hk, rows, kmax)
+        dq_blk = torch.matmul(ds2, kh[:, :, :kmax]).mul_(scale).view(b, hk, g, i1 - i0, d).permute(0, 3, 1, 2, 4)
+        if dq_v is not None:
+            dq_v[:, i0:i1].copy_(dq_blk)
+        else:
+            dq[:, i0:i1].copy_(dq_blk.reshape(b, i1 - i0, h, d))
+        dk_acc[:, :, :kmax] += torch.matmul(ds2.transpose(-1, -2), qb)  # qb already carries the scale
+        dv_acc[:, :, :kmax] += torch.matmul(p2.transpose(-1, -2), dob)
+    dk.copy_(dk_acc.permute(0, 2, 1, 3))
+    dv.copy_(dv_acc.permute(0, 2, 1, 3))
+    return delta.reshape(b, h, sq).float()
+
+
+def _flash_attn_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    return_softmax: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_shapes(q, k, v, 4)
+    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                    window_size_left=window_size_left, window_size_right=window_size_right,
+                    causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
+    with torch.no_grad():
+        out, lse = _dense_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal))
+    s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
+    rng_state = torch.zeros((2,), dtype=torch.int64, device=q.device)
+    return out, lse, s_dmask, rng_state
+
+
+def _flash_attn_varlen_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int = -1,
+    window_size_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[torch.Tensor] = None,
+    return_softmax: bool = False,
+    block_table: Optional[torch.Tensor] = None,
+    leftpad_k: Optional[torch.Tensor] = None,
+    seqused_k: Optional[torch.Tensor] = None,
+    zero_tensors: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_shapes(q, k, v, 3)
+    _check_varlen_extras(block_table, leftpad_k, seqused_k)
+    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                    window_size_left=window_size_left, window_size_right=window_size_right,
+                    causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    out = torch.zeros((q.shape[0], q.shape[1], v.shape[-1]), dtype=q.dtype, device=q.device)
+    lse = torch.zeros((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+    with torch.no_grad():
+        for i in range(len(cq) - 1):
+            if cq[i + 1] == cq[i]:
+                continue
+            o, l = _dense_forward(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
+                                  v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal))
+            out[cq[i]:cq[i + 1]] = o[0]
+            lse[:, cq[i]:cq[i + 1]] = l[0]
+    s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
+    rng_state = torch.zeros((2,), dtype=torch.int64, device=q.device)
+    return out, lse, s_dmask, rng_state
+
+
+def _buffers(q, k, v, dq, dk, dv):
+    return (torch.empty_like(q) if dq is None else dq, torch.empty_like(k) if dk is None else dk,
+            torch.empty_like(v) if dv is None else dv)
+
+
+def _flash_attn_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: Optional[torch.Tensor],
+    dk: Optional[torch.Tensor],
+    dv: Optional[torch.Tensor],
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    deterministic: bool,
+    rng_state: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    _check_shapes(q, k, v, 4)
+    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                    window_size_left=window_size_left, window_size_right=window_size_right,
+                    causal=causal, seqlen_k=k.shape[1])
+    dq, dk, dv = _buffers(q, k, v, dq, dk, dv)
+    b, sq, h, _ = q.shape
+    softmax_d = torch.zeros((b, h, round_multiple(sq, 128)), dtype=torch.float32, device=q.device)
+    with torch.no_grad():
+        delta = _dense_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv,
+                                resolve_scale(softmax_scale, q.shape[-1]), bool(causal))
+        softmax_d[..., :sq] = delta
+    return softmax_d
+
+
+def _flash_attn_varlen_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: Optional[torch.Tensor],
+    dk: Optional[torch.Tensor],
+    dv: Optional[torch.Tensor],
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: Optional[torch.Tensor],
+    deterministic: bool,
+    rng_state: Optional[torch.Tensor] = None,
+    zero_tensors: bool = False,
+) -> torch.Tensor:
+    _check_shapes(q, k, v, 3)
+    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                    window_size_left=window_size_left, window_size_right=window_size_right,
+                    causal=causal, seqlen_k=max_seqlen_k)
+    if softmax_lse.dim() != 2:
+        raise ValueError(f"varlen softmax_lse must be (nheads, total_q) as in flash-attn 2.8, got {tuple(softmax_lse.shape)}")
+    dq, dk, dv = _buffers(q, k, v, dq, dk, dv)
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    n = len(cq) - 1
+    delta_all = torch.zeros((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+    with torch.no_grad():
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        for i in range(n):
+            if cq[i + 1] == cq[i]:
+                continue
+            qs, ks = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+            delta = _dense_backward(dout[qs].unsqueeze(0), q[qs].unsqueeze(0), k[ks].unsqueeze(0),
+                                    v[ks].unsqueeze(0), out[qs].unsqueeze(0), softmax_lse[:, qs].unsqueeze(0),
+                                    dq[qs].unsqueeze(0), dk[ks].unsqueeze(0), dv[ks].unsqueeze(0),
+                                    scale, bool(causal))
+            delta_all[:, qs] = delta[0]
+    return varlen_softmax_d(delta_all, cu_seqlens_q)
+
+
+def _check_varlen_extras(block_table, leftpad_k, seqused_k) -> None:
+    if block_table is not None or leftpad_k is not None or seqused_k is not None:
+        raise UnsupportedAttentionError("block_table / leftpad_k / seqused_k (KV cache) are not supported")
