@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.metadata
-import importlib.util
 import sys
 import types
 from dataclasses import dataclass, field
@@ -156,20 +155,13 @@ def load_ring_flash_attn(provider: Provider | str | None = None) -> RingLoadResu
     if sys.modules.get(RING) is not None:
         mod = sys.modules[RING]
         return RingLoadResult(_ring_version(), _bound_provider(), provider.name, (), bound_kernels(), True, mod)
-    try:
-        spec = importlib.util.find_spec(RING)
-    except (ImportError, ValueError) as e:
-        raise RingNotInstalledError(INSTALL_HINT) from e
-    if spec is None:
-        raise RingNotInstalledError(INSTALL_HINT)
-
     fa_utils = _preimport_transformers()
     patches = _Patches()
     before = set(sys.modules)
     try:
         if provider.name != FLASH_ATTN:
-            for name, mod in _shim_modules(provider).items():
-                patches.set_module(name, mod)
+            for name, shim in _shim_modules(provider).items():
+                patches.set_module(name, shim)
         if fa_utils is not None and GE_2_10 not in fa_utils.__dict__:
             patches.set_attr(fa_utils, GE_2_10, _ge_2_10(provider))
         try:
@@ -178,7 +170,9 @@ def load_ring_flash_attn(provider: Provider | str | None = None) -> RingLoadResu
             _forget_partial_import(before)
             if e.name == RING:
                 raise RingNotInstalledError(INSTALL_HINT) from e
-            raise RingImportError(f"importing ring_flash_attn failed: missing module {e.name!r} ({e})") from e
+            hint = " (ring-flash-attn imports transformers at import time)" if (e.name or "").startswith(
+                "transformers") else ""
+            raise RingImportError(f"importing ring_flash_attn failed: missing module {e.name!r}{hint}: {e}") from e
         except Exception as e:
             _forget_partial_import(before)
             raise RingImportError(

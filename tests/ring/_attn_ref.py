@@ -1,0 +1,51 @@
+"""Independent full-attention oracle for the provider tests: torch SDPA (math backend) with an
+explicit bottom-right causal mask, GQA by repeating kv heads. Shared with gpu_check.py."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def bottom_right_mask(sq: int, sk: int, device=None) -> torch.Tensor:
+    """True where query i may attend key j: j <= i + (sk - sq), flash-attn >= 2.1 semantics."""
+    return torch.arange(sk, device=device)[None, :] <= torch.arange(sq, device=device)[:, None] + (sk - sq)
+
+
+def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """q (b, sq, h, d), k/v (b, sk, hk, d) -> (b, sq, h, d); differentiable. Rows with no visible key
+    give 0 (flash-attn's convention) instead of SDPA's NaN."""
+    h, hk = q.shape[2], k.shape[2]
+    k2 = k.repeat_interleave(h // hk, dim=2)
+    v2 = v.repeat_interleave(h // hk, dim=2)
+    mask = bottom_right_mask(q.shape[1], k.shape[1], q.device) if causal else None
+    live = None
+    if mask is not None and not bool(mask.any(dim=1).all()):
+        live = mask.any(dim=1)
+        mask = mask | ~live[:, None]  # keep softmax finite on dead rows (no NaN grads), zeroed below
+    with sdpa_kernel(SDPBackend.MATH):
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k2.transpose(1, 2), v2.transpose(1, 2),
+                                           attn_mask=mask, scale=scale)
+    o = o.transpose(1, 2)
+    if live is not None:
+        o = torch.where(live[None, :, None, None], o, torch.zeros_like(o))
+    return o
+
+
+def sdpa_math_varlen(q, k, v, cu_q, cu_k, causal: bool, scale: float | None = None) -> torch.Tensor:
+    """Packed (total, h, d) version: one sdpa_math per sequence."""
+    outs = []
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(cq) - 1):
+        if cq[i + 1] == cq[i]:
+            continue
+        outs.append(sdpa_math(q[cq[i]:cq[i + 1]][None], k[ck[i]:ck[i + 1]][None], v[ck[i]:ck[i + 1]][None],
+                              causal, scale)[0])
+    return torch.cat(outs) if outs else q.new_zeros((0,) + tuple(q.shape[1:]))
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in fp32."""
+    x, ref = x.float(), ref.float()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
