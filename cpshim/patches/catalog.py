@@ -73,4 +73,70 @@ ACCELERATE_PREPARE_CP = Patch(
     ),
 )
 
-REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP))
+_ACC = {"accelerate": ">=1.10.1,<2"}
+_ACC_CEILING = {"accelerate": ACCELERATE_CEILING}
+
+PARALLELISM_VALIDATE = Patch(
+    id="parallelism-config-validate",
+    target="accelerate.parallelism_config:ParallelismConfig._validate_accelerator",
+    dist="accelerate",
+    floor="1.10.0",
+    group="cp-setup",
+    summary="accept multi-CPU (gloo) and DeepSpeed ZeRO when cpshim owns CP; every other check kept",
+    variants=(Variant("multi-device-view", _ACC, _ACC_CEILING,
+                      "cpshim.patches.accelerate_parallelism:relax_validation",
+                      info={"keeps": "total-size, FSDP2-without-shard-dim and handler checks",
+                            "turns_off": "refusal of MULTI_CPU and DEEPSPEED distributed types"}),),
+    watch=(
+        "accelerate.parallelism_config:ParallelismConfig._validate_accelerator",
+        "accelerate.accelerator:Accelerator.__init__@_validate_accelerator",
+        "accelerate.accelerator:Accelerator.multi_device",
+    ),
+)
+
+PARALLELISM_MESH = Patch(
+    id="parallelism-config-mesh",
+    target="accelerate.parallelism_config:ParallelismConfig.build_device_mesh",
+    dist="accelerate",
+    floor="1.10.0",
+    group="cp-setup",
+    summary="fill dp_replicate = world / cp when only cp_size was given",
+    variants=(Variant("fill-dp-replicate", _ACC, _ACC_CEILING,
+                      "cpshim.patches.accelerate_parallelism:fill_data_parallel",
+                      info={"keeps": "upstream's mesh layout", "adds": "dp_replicate = world / cp"}),),
+    watch=(
+        "accelerate.parallelism_config:ParallelismConfig.build_device_mesh",
+        "accelerate.parallelism_config:ParallelismConfig._get_mesh",
+        "accelerate.accelerator:Accelerator.__init__@get_device_mesh",
+    ),
+)
+
+STATE_CP_FSDP = Patch(
+    id="state-cp-without-fsdp",
+    target="accelerate.state:AcceleratorState.__init__",
+    dist="accelerate",
+    floor="1.10.0",
+    group="cp-multi-gpu",
+    summary="multi-GPU CP without an FSDP2 plugin (DDP / DeepSpeed); GPU-only path",
+    variants=(Variant("allow-standalone", _ACC, _ACC_CEILING,
+                      "cpshim.patches.accelerate_state:allow_cp_without_fsdp",
+                      info={"gpu_only": True, "keeps": "all of AcceleratorState's setup",
+                            "turns_off": "cp-needs-FSDP2 refusal and forced FSDP type without a plugin"}),),
+    watch=("accelerate.state:AcceleratorState.__init__",),
+)
+
+STATE_IS_FSDP2 = Patch(
+    id="state-is-fsdp2",
+    target="accelerate.state:AcceleratorState.is_fsdp2",
+    dist="accelerate",
+    floor="1.10.0",
+    group="cp-multi-gpu",
+    summary="is_fsdp2 is False (not AttributeError) without an FSDP plugin",
+    variants=(Variant("none-plugin-safe", _ACC, _ACC_CEILING,
+                      "cpshim.patches.accelerate_state:is_fsdp2_without_plugin",
+                      info={"keeps": "upstream's answer whenever a plugin exists"}),),
+    watch=("accelerate.state:AcceleratorState.is_fsdp2",),
+)
+
+REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
+                     STATE_CP_FSDP, STATE_IS_FSDP2))
