@@ -7,7 +7,7 @@ shards with ring-flash-attn (mode `ring`), `revert()` undoes everything, `report
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import lifecycle as _lifecycle
 from . import modes as _modes
@@ -20,7 +20,9 @@ from .errors import (
     RegistrationError,
     UnsupportedVersionError,
 )
-from .report import PatchRecord, Report
+
+if TYPE_CHECKING:
+    from .records import PatchRecord, Report
 
 __version__ = "0.1.0"
 __all__ = [
@@ -35,7 +37,7 @@ revert = _lifecycle.revert
 report = _lifecycle.report
 
 
-def set_mode(obj: Any, mode: str) -> Report:
+def set_mode(obj: Any, mode: str) -> "Report":
     """Override the mode of one Trainer (and its Accelerator) or one Accelerator.
 
     `native` passes straight through to upstream; `external` and `ring` need the wrappers, so they
@@ -52,18 +54,29 @@ def set_mode(obj: Any, mode: str) -> Report:
     return _lifecycle.report()
 
 
-def enable(strategy: str = "zigzag", heads_k_stride: int = 1, **kwargs: Any) -> Report:
+def enable(strategy: str = "zigzag", heads_k_stride: int = 1, **kwargs: Any) -> "Report":
     """Mode `ring` for the process: cpshim shards batches and routes attention through the ring."""
     from .ring import runtime
 
     return runtime.enable(strategy=strategy, heads_k_stride=heads_k_stride, **kwargs)
 
 
-def disable() -> Report:
+def disable() -> "Report":
     """Leave mode `ring` (back to `external`); the wrappers stay installed."""
     from .ring import runtime
 
     return runtime.disable()
+
+
+
+
+def __getattr__(name: str) -> Any:
+    """`Report` and `PatchRecord` load on first use: `import cpshim` stays cheap."""
+    if name in ("Report", "PatchRecord"):
+        from . import records
+
+        return getattr(records, name)
+    raise AttributeError(f"module 'cpshim' has no attribute {name!r}")
 
 
 _lifecycle.init()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class CpshimWarning(UserWarning):
@@ -29,8 +29,7 @@ class CpshimRuntimeError(CpshimError):
     """A patched call cannot do what was asked; the message names the cause and the fix."""
 
 
-@dataclass(frozen=True)
-class DependencyConflict:
+class DependencyConflict(NamedTuple):
     """`dist` must satisfy `required`; `found` is the installed version string (None: not installed)."""
 
     dist: str

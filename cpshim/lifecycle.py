@@ -12,22 +12,22 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
 
 from . import modes, patching
 from .errors import ConfigurationError, CpshimWarning, UnsupportedVersionError
 from .patches.catalog import REGISTRY
 from .registry import SUPPORTED, UNSUPPORTED, UNTESTED, Patch, Registry, Selection, Variant, select
-from .report import PatchRecord, Report
 from .versions import VersionInfo, from_strings, installed
+
+if TYPE_CHECKING:
+    from .records import PatchRecord, Report
 
 POLICIES = ("warn", "strict", "off")
 EXTRA_DISTS = ("torch", "ring-flash-attn")
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """What an implementation gets besides the upstream arguments."""
 
     original: Callable[..., Any]
@@ -37,25 +37,20 @@ class Call:
     settings: Mapping[str, Any]
 
 
-@dataclass
 class _State:
-    patch: Patch
-    selection: Selection
-    state: str = "selected"
-    support: str = ""
-    reason: str = ""
-    impl: Callable[..., Any] | None = None
-    wrapper: Any = None
-    installed: patching.Installed | None = None
-    active: bool = False
-    fingerprint: dict[str, Any] | None = None
-    error: str | None = None
-    raise_on_call: UnsupportedVersionError | None = None
+    """Mutable per-patch state; `selection` is fixed at import."""
 
-    def __post_init__(self) -> None:
-        self.support, self.reason = self.selection.support, self.selection.reason
-        if not self.selection.needed:
-            self.state = "not-needed"
+    def __init__(self, patch: Patch, selection: Selection) -> None:
+        self.patch, self.selection = patch, selection
+        self.state = "selected" if selection.needed else "not-needed"
+        self.support, self.reason = selection.support, selection.reason
+        self.impl: Callable[..., Any] | None = None
+        self.wrapper: Any = None
+        self.installed: patching.Installed | None = None
+        self.active = False
+        self.fingerprint: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.raise_on_call: UnsupportedVersionError | None = None
 
 
 _lock = threading.RLock()
@@ -295,6 +290,8 @@ def revert() -> Report:
 # ---------------------------------------------------------------- report
 
 def _record(st: _State) -> PatchRecord:
+    from .records import PatchRecord
+
     v = st.selection.variant
     return PatchRecord(
         id=st.patch.id, target=st.patch.target, group=st.patch.group, variant=v.name if v else None,
@@ -306,6 +303,8 @@ def _record(st: _State) -> PatchRecord:
 
 def report(versions: Mapping[str, str | None] | None = None) -> Report:
     """The in-process state; with `versions`, selection for those (hypothetical) versions instead."""
+    from .records import Report
+
     with _lock:
         if versions is not None:
             pins = from_strings(versions, _versions)

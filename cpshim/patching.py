@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import CpshimWarning
 
@@ -22,8 +21,7 @@ _MISSING = object()
 Dispatch = Callable[[str, Callable[..., Any], Any, tuple, dict], Any]
 
 
-@dataclass
-class Installed:
+class Installed(NamedTuple):
     owner: Any
     name: str
     raw: Any

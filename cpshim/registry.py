@@ -6,20 +6,18 @@ what-if mode) read the registry and evaluate selection for versions that are not
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 
 from .errors import DependencyConflict, RegistrationError
+from .specs import Clause, InvalidRange, contains, parse
 from .versions import VersionInfo
 
 SUPPORTED, UNTESTED, UNSUPPORTED = "supported", "untested", "unsupported"
 
 
-@dataclass(frozen=True)
-class Variant:
+class Variant(NamedTuple):
     """One implementation of a patch, valid for a range of upstream releases.
 
     `requires` maps distribution -> PEP 440 specifier; `ceiling` maps distribution -> newest release
@@ -31,14 +29,13 @@ class Variant:
     requires: Mapping[str, str]
     ceiling: Mapping[str, str]
     impl: str
-    info: Mapping[str, object] = field(default_factory=dict)
+    info: Mapping[str, object] = {}
 
-    def specifiers(self) -> dict[str, SpecifierSet]:
-        return {dist: SpecifierSet(spec) for dist, spec in self.requires.items()}
+    def specifiers(self) -> dict[str, tuple[Clause, ...]]:
+        return {dist: parse(spec) for dist, spec in self.requires.items()}
 
 
-@dataclass(frozen=True)
-class Patch:
+class Patch(NamedTuple):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
@@ -64,8 +61,7 @@ class Patch:
         return tuple(self.target.partition(":")[2].split("."))
 
 
-@dataclass(frozen=True)
-class Selection:
+class Selection(NamedTuple):
     """The outcome of selection for one patch: a variant or None, always with support and a reason."""
 
     patch: Patch
@@ -76,10 +72,10 @@ class Selection:
     conflicts: tuple[DependencyConflict, ...] = ()
 
 
-def _match(spec: SpecifierSet, info: VersionInfo) -> bool:
+def _match(spec: tuple[Clause, ...], info: VersionInfo) -> bool:
     """Pre/dev/post/local builds are matched by their release (see README, "Version policy")."""
     assert info.version is not None
-    return spec.contains(Version(info.version.base_version), prereleases=True)
+    return contains(spec, Version(info.version.base_version))
 
 
 def _conflicts(variant: Variant, versions: Mapping[str, VersionInfo]) -> list[DependencyConflict]:
@@ -87,7 +83,7 @@ def _conflicts(variant: Variant, versions: Mapping[str, VersionInfo]) -> list[De
     for dist, spec in variant.specifiers().items():
         info = versions.get(dist) or VersionInfo(dist, None)
         if info.version is None or not _match(spec, info):
-            out.append(DependencyConflict(dist, str(spec), info.raw))
+            out.append(DependencyConflict(dist, variant.requires[dist], info.raw))
     return out
 
 
@@ -171,7 +167,7 @@ class Registry:
                 variant.specifiers()
                 Version(patch.floor)
                 [Version(c) for c in variant.ceiling.values()]
-            except (InvalidSpecifier, ValueError) as e:
+            except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e
             if ":" not in variant.impl:
                 raise RegistrationError(f"{patch.id}/{variant.name}: impl {variant.impl!r} is not 'module:attr'")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from packaging.version import InvalidVersion, Version
 
@@ -22,8 +21,7 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@dataclass(frozen=True)
-class VersionInfo:
+class VersionInfo(NamedTuple):
     """A distribution's raw version string (None: not installed) and its parsed form (None: invalid)."""
 
     dist: str
