@@ -1,0 +1,310 @@
+"""cpshim's sessions. The version matrix lives in compat_matrix/matrix.toml; nothing here is a version list.
+
+    nox -s ci                              # what .ci/run runs: unit + every matrix cell + COMPAT.md
+    nox -s 'tests(t4.56.2-a1.10.1)'        # one cell (`nox -l` lists them)
+    nox -s tests                           # every cell, one after the other
+    nox -s unit | lint | compat | latest | gpu
+
+Environments live OUTSIDE the repository: $CPSHIM_NOX_ENVDIR (default ~/.cache/cpshim-nox); uv keeps
+its own cache (~/.cache/uv). torch is pinned in every CPU session and, when $PIP_FIND_LINKS is set,
+passed to uv as --find-links (uv ignores pip's configuration), so a CPU runner never resolves a CUDA
+torch. Each cell writes compat_matrix/results/<cell>.json through cpshim's pytest plugin
+(--cpshim-result); `nox -s compat` merges them into compat_matrix/COMPAT.md and cpshim/_data/matrix.json.
+
+Environment knobs: CPSHIM_NOX_ENVDIR, CPSHIM_RESULTS_DIR, CPSHIM_CI_JOBS (parallel cells in `ci`,
+default 2), CPSHIM_CI_CELLS (comma-separated cell ids: `ci` runs only those), CPSHIM_TORCH (override
+the torch requirement, e.g. "torch==2.13.0"), CPSHIM_GPU_PYTHON (interpreter with the runner's CUDA
+torch, for `gpu`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "compat_matrix"))
+import render  # noqa: E402  (compat_matrix/render.py: matrix loading and judging, stdlib only)
+
+MATRIX = render.load_matrix()
+CELLS = MATRIX["cells"]
+PYTHON = MATRIX["python"]
+TORCH = MATRIX["torch"]
+RING = MATRIX.get("ring_flash_attn", "0.1.8")
+RESULTS = Path(os.environ.get("CPSHIM_RESULTS_DIR") or ROOT / "compat_matrix" / "results")
+ENVDIR = os.environ.get("CPSHIM_NOX_ENVDIR") or os.path.expanduser("~/.cache/cpshim-nox")
+
+nox.options.default_venv_backend = "uv"
+nox.options.envdir = ENVDIR
+nox.options.sessions = ["unit", "lint"]
+nox.needs_version = ">=2024.3"
+
+# Suites (matrix.toml's `suite`). A multi-rank test spawns its ranks itself; OMP_NUM_THREADS=1 keeps
+# 2-4 gloo ranks from oversubscribing the cores.
+SUITES = {
+    "full": ["tests", "-m", "not gpu"],
+    "smoke": ["tests/upstream", "tests/test_compat.py", "-m", "not multiproc and not gpu"],
+}
+UNIT = ["tests", "--ignore=tests/upstream", "--ignore=tests/ring", "-m", "not upstream and not multiproc and not gpu"]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _run_identity() -> None:
+    """One run id and commit for every session of this nox invocation (and nested ones)."""
+    if not os.environ.get("CPSHIM_RUN_ID"):
+        os.environ["CPSHIM_RUN_ID"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if not os.environ.get("CPSHIM_RUN_COMMIT"):
+        sha = _git("rev-parse", "--short=10", "HEAD") or "unknown"
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        os.environ["CPSHIM_RUN_COMMIT"] = sha + ("+dirty" if dirty else "")
+
+
+_run_identity()
+
+
+def _find_links() -> list[str]:
+    out: list[str] = []
+    for entry in (os.environ.get("PIP_FIND_LINKS") or "").split():
+        out += ["--find-links", entry]
+    return out
+
+
+def _torch_requirement() -> str:
+    """torch==TORCH; the local CPU build when $PIP_FIND_LINKS holds it (never a CUDA build by accident)."""
+    if os.environ.get("CPSHIM_TORCH"):
+        return os.environ["CPSHIM_TORCH"]
+    for entry in (os.environ.get("PIP_FIND_LINKS") or "").split():
+        path = entry.removeprefix("file://")
+        if os.path.isdir(path) and glob.glob(os.path.join(path, f"torch-{TORCH}+cpu-*.whl")):
+            return f"torch=={TORCH}+cpu"
+    return f"torch=={TORCH}"
+
+
+TORCH_CHECK = """
+import importlib.metadata as md, sys
+want = sys.argv[1]
+have = md.version("torch")
+cuda = sorted({d.metadata["Name"] for d in md.distributions() if (d.metadata["Name"] or "").lower().startswith("nvidia")})
+assert have.split("+")[0] == want.split("==")[1].split("+")[0], f"torch {have} installed, {want} required"
+assert not cuda, f"CUDA packages installed in a CPU session: {cuda}"
+print(f"torch {have}, no CUDA packages")
+"""
+
+
+def _install_cpu(session: nox.Session, *requirements: str) -> None:
+    """cpshim (editable) + test deps + `requirements`, torch pinned, in one resolution."""
+    torch = _torch_requirement()
+    session.install(*_find_links(), "-e", ".", *TEST_DEPS, torch, *requirements)
+    session.run("python", "-c", TORCH_CHECK, torch, silent=False)
+
+
+def _env(session: nox.Session) -> dict[str, str]:
+    return {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(session.virtualenv.location or ENVDIR, ".hypothesis"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "CPSHIM_IN_NOX": "1",
+    }
+
+
+def _annotate(path: Path, **extra: object) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    data.update(extra)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return data
+
+
+def _write_failure(path: Path, kind: str, cell: str | None, error: str, **extra: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"schema": 1, "kind": kind, "cell": cell, "install": {"ok": False, "error": error},
+            "run": {"id": os.environ["CPSHIM_RUN_ID"], "commit": os.environ["CPSHIM_RUN_COMMIT"]}, **extra}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _pytest(session: nox.Session, path: Path, kind: str, cell: str | None, suite: str, args: list[str]) -> int:
+    """Run pytest writing `path`; returns pytest's exit code (the caller decides what fails)."""
+    env = {**_env(session), "CPSHIM_RESULT": str(path), "CPSHIM_CELL": cell or "", "CPSHIM_SUITE": suite,
+           "CPSHIM_KIND": kind}
+    session.run("pytest", "-rfE", *args, *session.posargs, env=env,
+                success_codes=range(0, 256))
+    if not path.exists():
+        session.error(f"pytest wrote no result file {path}: did the cpshim pytest plugin load?")
+    return int(json.loads(path.read_text(encoding="utf-8")).get("pytest", {}).get("exit", -1))
+
+
+# ---------------------------------------------------------------------------------------- sessions
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Tests that need no upstream library (no torch, transformers, accelerate)."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("pytest", *UNIT, *session.posargs, env=_env(session))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy on cpshim/."""
+    session.install("-e", ".", "ruff>=0.5", "mypy>=1.10", "packaging")
+    failures = []
+    for cmd in (["ruff", "check", "cpshim"], ["mypy", "cpshim"]):
+        try:
+            session.run(*cmd)
+        except nox.command.CommandFailed:
+            failures.append(cmd[0])
+    if failures:
+        session.error(f"{' and '.join(failures)} failed")
+
+
+@nox.session(python=PYTHON, tags=["matrix"], allow_parallel=True)
+@nox.parametrize("cell", [nox.param(c, id=c["id"]) for c in CELLS])
+def tests(session: nox.Session, cell: dict) -> None:
+    """One matrix cell: pinned transformers/accelerate, the cell's suite, a result JSON."""
+    started = time.monotonic()
+    path = RESULTS / f"{cell['id']}.json"
+    path.unlink(missing_ok=True)  # never leave a previous run's result behind a failed install
+    try:
+        _install_cpu(session, f"transformers=={cell['transformers']}", f"accelerate=={cell['accelerate']}",
+                     f"ring-flash-attn=={RING}")  # ring-flash-attn 0.1.8 declares no dependencies
+    except nox.command.CommandFailed as exc:
+        _write_failure(path, "cell", cell["id"], str(exc), suite=cell["suite"],
+                       timing={"install_s": round(time.monotonic() - started, 1),
+                               "total_s": round(time.monotonic() - started, 1)})
+        raise
+    installed = time.monotonic()
+    _pytest(session, path, "cell", cell["id"], cell["suite"], SUITES[cell["suite"]])
+    done = time.monotonic()
+    data = _annotate(path, kind="cell", timing={"install_s": round(installed - started, 1),
+                                                "pytest_s": round(done - installed, 1),
+                                                "total_s": round(done - started, 1)})
+    status, notes = render.judge(data, cell)
+    session.log(f"cell {cell['id']}: {status} in {done - started:.0f}s")
+    if status != "passed":
+        session.error(f"cell {cell['id']} {status}:\n  " + "\n  ".join(notes))
+
+
+@nox.session(python=PYTHON)
+def latest(session: nox.Session) -> None:
+    """Newest transformers + accelerate from PyPI (non-blocking): a new release becomes an `untested` row."""
+    started = time.monotonic()
+    path = RESULTS / "latest.json"
+    path.unlink(missing_ok=True)
+    try:
+        _install_cpu(session, "--upgrade", "transformers", "accelerate", f"ring-flash-attn=={RING}")
+    except nox.command.CommandFailed as exc:
+        _write_failure(path, "latest", None, f"newest transformers/accelerate do not install with torch "
+                                             f"{TORCH}: {exc}")
+        session.warn("latest: install failed; recorded as a failed `latest` row")
+        return
+    installed = time.monotonic()
+    _pytest(session, path, "latest", None, "smoke", SUITES["smoke"])
+    done = time.monotonic()
+    data = _annotate(path, kind="latest", timing={"install_s": round(installed - started, 1),
+                                                  "pytest_s": round(done - installed, 1),
+                                                  "total_s": round(done - started, 1)})
+    versions = data.get("versions") or {}
+    cell = next((c for c in CELLS if (c["transformers"], c["accelerate"])
+                 == (versions.get("transformers"), versions.get("accelerate"))), None)
+    status, notes = render.judge(data, cell)
+    pair = f"transformers {versions.get('transformers')} + accelerate {versions.get('accelerate')}"
+    verdict = f"tested cell {cell['id']}" if cell else "not a matrix cell: untested"
+    session.log(f"latest: {pair}: {verdict}; result {status}" + "".join(f"\n  {n}" for n in notes))
+
+
+GPU_PROBE = """
+import json
+try:
+    import torch
+except Exception as e:
+    print(json.dumps({"torch": None, "why": f"torch does not import: {type(e).__name__}: {e}"}))
+else:
+    ok = torch.cuda.is_available()
+    print(json.dumps({"torch": torch.__version__, "cuda": ok, "cuda_version": torch.version.cuda,
+                      "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if ok else [],
+                      "why": None if ok else "torch.cuda.is_available() is False"}))
+"""
+
+
+@nox.session(python=os.environ.get("CPSHIM_GPU_PYTHON") or sys.executable, venv_backend="venv",
+             venv_params=["--system-site-packages"])
+def gpu(session: nox.Session) -> None:
+    """GPU-marked tests with the runner's own CUDA torch (never pinned or replaced here).
+
+    The venv sees the interpreter's site-packages (--system-site-packages), so the runner's torch is
+    used as is; pip gets a constraint `torch==<that version>` so nothing can swap it. Cell: the newest
+    matrix cell, or `nox -s gpu -- t4.56.2-a1.10.1`. Skips cleanly where CUDA is absent.
+    """
+    probe = json.loads(session.run("python", "-c", GPU_PROBE, silent=True).strip().splitlines()[-1])
+    if not probe.get("cuda"):
+        session.skip(f"gpu: no CUDA here ({probe['why']}); run on a CUDA runner, with CPSHIM_GPU_PYTHON "
+                     "pointing at an interpreter whose torch has CUDA")
+    ids = {c["id"]: c for c in CELLS}
+    chosen = [a for a in session.posargs if a in ids]
+    cell = ids[chosen[0]] if chosen else CELLS[-1]
+    rest = [a for a in session.posargs if a not in ids]
+    constraints = Path(session.create_tmp()) / "torch-constraint.txt"
+    constraints.write_text(f"torch=={probe['torch']}\n", encoding="utf-8")
+    session.install("-c", str(constraints), "-e", ".", *TEST_DEPS, f"transformers=={cell['transformers']}",
+                    f"accelerate=={cell['accelerate']}", f"ring-flash-attn=={RING}")
+    path = RESULTS / f"gpu-{cell['id']}.json"
+    path.unlink(missing_ok=True)
+    env = {**_env(session), "CPSHIM_RESULT": str(path), "CPSHIM_CELL": f"gpu-{cell['id']}",
+           "CPSHIM_SUITE": "gpu", "CPSHIM_KIND": "gpu"}
+    session.log(f"gpu: {probe['devices']} torch {probe['torch']} (CUDA {probe['cuda_version']}), cell {cell['id']}")
+    code = session.run("pytest", "-rfE", "tests", "-m", "gpu", *rest, env=env,
+                       success_codes=[0, 5], silent=False)
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if data.get("pytest", {}).get("exit") == 5:
+        session.skip("gpu: no test is marked `gpu` in this checkout (pytest exit 5)")
+    del code
+
+
+@nox.session(python=False)
+def compat(session: nox.Session) -> None:
+    """Merge compat_matrix/results/*.json into COMPAT.md and cpshim/_data/matrix.json."""
+    session.run(sys.executable, str(ROOT / "compat_matrix" / "render.py"), "--results", str(RESULTS))
+
+
+def _ci_cells() -> list[dict]:
+    wanted = [c.strip() for c in (os.environ.get("CPSHIM_CI_CELLS") or "").split(",") if c.strip()]
+    unknown = set(wanted) - {c["id"] for c in CELLS}
+    if unknown:
+        raise SystemExit(f"CPSHIM_CI_CELLS names unknown cells: {sorted(unknown)}")
+    chosen = [c for c in CELLS if not wanted or c["id"] in wanted]
+    return sorted(chosen, key=lambda c: c["suite"] != "full")  # long cells first (better packing)
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """unit + every matrix cell (CPSHIM_CI_JOBS at a time, default 2) + COMPAT.md; fails if any failed.
+
+    Runs a nested `nox --parallel` so that independent cells share the cores; COMPAT.md is rendered
+    even when cells fail (it lists the failures).
+    """
+    jobs = os.environ.get("CPSHIM_CI_JOBS", "2")
+    sessions = ["unit"] + [f"tests({c['id']})" for c in _ci_cells()]
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "nox", "--envdir", ENVDIR, "--parallel", jobs, "--allow-parallel",
+           "--no-color", "-s", *sessions]
+    code = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy()).returncode
+    elapsed = time.monotonic() - started
+    session.run(sys.executable, str(ROOT / "compat_matrix" / "render.py"), "--results", str(RESULTS))
+    session.log(f"ci: unit + {len(sessions) - 1} cells in {elapsed / 60:.1f} min (run {os.environ['CPSHIM_RUN_ID']})")
+    if code != 0:
+        session.error(f"ci: some sessions failed (nox exit {code}); see compat_matrix/COMPAT.md")
