@@ -112,7 +112,7 @@ def _dispatch(patch_id: str, original: Callable[..., Any], this: Any, args: tupl
     if st.raise_on_call is not None:
         raise st.raise_on_call
     mode = modes.mode_for(this)
-    if not st.active or st.impl is None or mode == modes.NATIVE:
+    if not st.active or st.impl is None or (mode == modes.NATIVE and st.patch.follows_mode):
         return original(*args, **kwargs)
     assert st.selection.variant is not None
     call = Call(original, mode, st.selection.variant, patch_id, _settings)

@@ -51,6 +51,7 @@ class Patch(NamedTuple):
     group: str | None = None
     watch: tuple[str, ...] = ()
     summary: str = ""
+    follows_mode: bool = True  # False: the wrapper runs in every mode (decides by its own state)
 
     @property
     def module(self) -> str:

@@ -138,5 +138,25 @@ STATE_IS_FSDP2 = Patch(
     watch=("accelerate.state:AcceleratorState.is_fsdp2",),
 )
 
+ATTENTION_DISPATCH = Patch(
+    id="attention-dispatch",
+    target="transformers.utils.generic:GeneralInterface.__getitem__",
+    dist="transformers",
+    floor="4.53.0",
+    summary="ring attention for every attention key while a sharded step is in flight; no mask for it",
+    follows_mode=False,
+    variants=(Variant("route", {"transformers": ">=4.56,<6"}, {"transformers": TRANSFORMERS_CEILING},
+                      "cpshim.ring.routing:route",
+                      info={"keeps": "every registry lookup outside sharded steps",
+                            "adds": "ring routing of AttentionInterface values, no mask from "
+                                    "AttentionMaskInterface values during sharded steps"}),),
+    watch=(
+        "transformers.utils.generic:GeneralInterface.__getitem__",
+        "transformers.modeling_utils:AttentionInterface.get_interface",
+        "transformers.masking_utils:create_causal_mask@ALL_MASK_ATTENTION_FUNCTIONS",
+        "transformers.models.llama.modeling_llama:LlamaAttention.forward@ALL_ATTENTION_FUNCTIONS",
+    ),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
-                     STATE_CP_FSDP, STATE_IS_FSDP2))
+                     STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH))

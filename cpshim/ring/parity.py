@@ -1,0 +1,188 @@
+"""Parity runs: a real HF Trainer on a tiny Llama, ring CP vs one process with the same kernels.
+
+Used by `cpshim demo` and by the parity tests. One launch runs several cases in sequence so that
+each process pays the Trainer import once. A case is a dict: strategy, batch, seq_len, steps,
+grad_accum, packed (documents restart position_ids), negative (ring without the KV exchange: the
+control that must fail the check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+REFERENCE_KEY = "cpshim_reference"
+VOCAB = 96
+
+
+def _config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       tie_word_embeddings=False, attn_implementation="sdpa")
+
+
+def dataset(case: dict) -> list[dict]:
+    """A copy task: the second half repeats the first, so the loss needs attention across shards."""
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    n = case["batch"] * case["steps"] * case.get("grad_accum", 1) * case.get("dp", 1)
+    half = case["seq_len"] // 2
+    rows = []
+    for _ in range(n):
+        first = torch.randint(3, VOCAB, (half,), generator=g)
+        ids = torch.cat([first, first])
+        row = {"input_ids": ids, "labels": ids.clone()}
+        if case.get("packed"):  # two documents per row: positions restart where the second begins
+            cut = half // 2 + 1
+            row["position_ids"] = torch.cat([torch.arange(cut), torch.arange(ids.numel() - cut)])
+            row["labels"][cut] = -100  # no target across the document boundary
+        rows.append(row)
+    return rows
+
+
+def _reference_attention():
+    """Single-process attention through the same provider, in the ring's compute dtype."""
+    import torch
+
+    from .providers import select_provider
+    from .providers.autograd import attention, attention_varlen
+    from .sharding import cu_seqlens_from_position_ids
+
+    provider = select_provider("cpu")
+    state: dict[str, Any] = {}
+
+    def capture(module, args, kwargs):
+        state["position_ids"] = kwargs.get("position_ids")
+
+    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        dtype = query.dtype
+        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (query, key, value))
+        pos = state.get("position_ids")
+        if pos is not None and bool((pos[:, 1:] == 0).any()):
+            cu = cu_seqlens_from_position_ids(pos)
+            b, s = q.shape[:2]
+            max_len = int((cu[1:] - cu[:-1]).max())
+            out = attention_varlen(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),
+                                   v.reshape(b * s, *v.shape[2:]), cu, cu, max_len, max_len, provider,
+                                   softmax_scale=scaling).reshape(q.shape)
+        else:
+            out = attention(q, k, v, provider, softmax_scale=scaling)
+        return out.to(dtype).contiguous(), None
+
+    return forward, capture
+
+
+def _skip_kv_exchange() -> None:
+    """Negative control: every rank attends to its own shard only (what a broken ring would do)."""
+    import torch
+
+    from . import routing, runtime
+    from .providers import select_provider
+    from .providers.autograd import attention
+
+    provider = select_provider("cpu")
+
+    def local_only(step, module, query, key, value, dropout=0.0, scaling=None, **kwargs):
+        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (query, key, value))
+        step.ran.add(id(module))
+        return attention(q, k, v, provider, softmax_scale=scaling).to(query.dtype).contiguous(), None
+
+    routing.ring_forward = local_only
+    assert runtime.loaded is not None
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        rec = self
+
+        class Callback(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                if state.global_step == 0 and model is not None:
+                    rec.grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters()
+                                 if p.grad is not None}
+
+        self.callback = Callback()
+        self.grads: dict[str, Any] = {}
+
+
+def run_case(case: dict, cp: int) -> dict:
+    """Train one case in this process (cp > 1: one rank of a ring CP group). Returns losses (and first-step
+    gradients on global rank 0)."""
+    import torch
+    import torch.distributed as dist
+    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
+
+    import cpshim
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_config())
+    extra: dict[str, Any] = {}
+    from . import routing
+
+    ring_forward = routing.ring_forward
+    if cp > 1:
+        from accelerate import ParallelismConfig
+
+        cpshim.enable(strategy=case["strategy"])
+        extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
+        if case.get("negative"):
+            _skip_kv_exchange()
+    else:
+        from transformers import AttentionInterface
+
+        forward, capture = _reference_attention()
+        AttentionInterface.register(REFERENCE_KEY, forward)
+        model.config._attn_implementation = REFERENCE_KEY
+        model.register_forward_pre_hook(capture, with_kwargs=True)
+    recorder = _Recorder()
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="cpshim-parity-"), per_device_train_batch_size=case["batch"],
+        gradient_accumulation_steps=case.get("grad_accum", 1), max_steps=case["steps"], learning_rate=case.get("lr", 0.5),
+        optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
+        logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
+        dataloader_drop_last=True, disable_tqdm=True, **extra)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset(case), callbacks=[recorder.callback])
+    try:
+        trainer.train()
+    finally:
+        routing.ring_forward = ring_forward
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return {"losses": losses, "grads": recorder.grads if rank == 0 else None, "rank": rank}
+
+
+def compare(reference: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> dict:
+    """Per-step loss relative error and per-tensor gradient relative error (Frobenius)."""
+    loss_err = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(reference["losses"], ring["losses"]))
+    grad_err = {}
+    for name, ref in reference["grads"].items():
+        got = ring["grads"][name]
+        grad_err[name] = float((got - ref).norm() / max(float(ref.norm()), 1e-12))
+    worst = max(grad_err, key=grad_err.get)
+    ok = (len(reference["losses"]) == len(ring["losses"]) and loss_err <= loss_rtol
+          and grad_err[worst] <= grad_rtol and all(math.isfinite(x) for x in ring["losses"]))
+    return {"ok": ok, "loss_rel_err": loss_err, "grad_rel_err_max": grad_err[worst], "worst_tensor": worst,
+            "loss_rtol": loss_rtol, "grad_rtol": grad_rtol}
+
+
+def main_worker(cases_json: str, out_dir: str, cp: int) -> None:
+    """Entry point of one process: run every case, save results as torch files per case."""
+    import torch
+    import torch.distributed as dist
+
+    cases = json.loads(cases_json)
+    for i, case in enumerate(cases):
+        result = run_case(case, cp)
+        if result["rank"] == 0:
+            torch.save(result, os.path.join(out_dir, f"{'ring' if cp > 1 else 'ref'}-{i}.pt"))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

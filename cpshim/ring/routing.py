@@ -1,0 +1,94 @@
+"""Attention routing at dispatch time, through transformers' attention registry.
+
+`GeneralInterface.__getitem__` is wrapped (registry entry `attention-dispatch`), so every key a model
+looks up (sdpa, flash_attention_*, hub kernels registered later) runs the ring while a sharded step is
+in flight and the original otherwise; the mask registry returns no mask for sharded steps (the ring
+is causal by construction, and transformers would read the zigzag junction in position_ids as a
+document boundary and build an O(S_local^2) mask for nothing). No torch import at module level.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from . import runtime, tripwires
+
+_ATTENTION, _MASK = "AttentionInterface", "AttentionMaskInterface"
+_routed: dict[Any, Callable[..., Any]] = {}
+
+
+def route(call: Any, interface: Any, key: Any) -> Any:
+    """Impl of `attention-dispatch`: keeps every lookup's result; adds ring routing around it."""
+    value = call.original(key)
+    kind = next((k.__name__ for k in type(interface).__mro__ if k.__name__ in (_ATTENTION, _MASK)), None)
+    if kind is None or not callable(value):
+        return value
+    try:
+        return _routed[(kind, value)]
+    except KeyError:
+        wrapper = _ring_attention(value) if kind == _ATTENTION else _no_mask_when_sharded(value)
+        _routed[(kind, value)] = wrapper
+        return wrapper
+    except TypeError:  # unhashable callable: route it without caching
+        return _ring_attention(value) if kind == _ATTENTION else _no_mask_when_sharded(value)
+
+
+def _no_mask_when_sharded(mask_fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(mask_fn)
+    def mask(*args: Any, **kwargs: Any) -> Any:
+        return None if runtime.current_step() is not None else mask_fn(*args, **kwargs)
+
+    return mask
+
+
+def _ring_attention(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any):
+        step = runtime.current_step()
+        if step is None:
+            from .trainer_hook import armed
+
+            tripwires.check_unsharded(module, armed)
+            return original(module, query, key, value, attention_mask, *args, **kwargs)
+        return ring_forward(step, module, query, key, value, *args, **kwargs)
+
+    return attention
+
+
+def _refuse(what: str) -> None:
+    raise tripwires.TripwireError(f"cpshim ring mode: {what} is not supported by ring attention")
+
+
+def ring_forward(step: Any, module: Any, query: Any, key: Any, value: Any, dropout: float = 0.0,
+                 scaling: float | None = None, sliding_window: Any = None, softcap: Any = None, **kwargs: Any):
+    import torch
+
+    name = next((n for n, m in step.expected.items() if m is module), type(module).__name__)
+    tripwires.check_local_length(step, query.shape[2], name)
+    if dropout and getattr(module, "training", False):
+        _refuse(f"attention dropout {dropout}")
+    if sliding_window:
+        _refuse(f"sliding_window={sliding_window}")
+    if softcap:
+        _refuse(f"softcap={softcap}")
+    if kwargs.get("s_aux") is not None:
+        _refuse("attention sinks (s_aux)")
+    if getattr(module, "is_causal", True) is False:
+        _refuse(f"non-causal attention in {name}")
+    ring = runtime.loaded.module
+    dtype = query.dtype
+    compute = getattr(torch, step.ring_dtype) if dtype not in (torch.bfloat16, torch.float16) else dtype
+    q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))  # (b, s, h, d)
+    common = dict(dropout_p=0.0, softmax_scale=scaling, causal=True, group=step.group)
+    if step.strategy == "varlen":
+        cu_q, cu_k, max_q, max_k, local_k_slice = step.varlen
+        out = ring.llama3_flash_attn_varlen_func(
+            q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, heads_k_stride=step.heads_k_stride,
+            local_k_slice=local_k_slice, **common).unsqueeze(0)
+    elif step.strategy == "zigzag":
+        out = ring.zigzag_ring_flash_attn_func(q, k, v, **common)
+    else:
+        out = ring.ring_flash_attn_func(q, k, v, **common)
+    step.ran.add(id(module))
+    return out.to(dtype).contiguous(), None

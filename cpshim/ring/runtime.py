@@ -1,0 +1,76 @@
+"""Mode `ring`: settings, the loaded ring-flash-attn, and the step in flight.
+
+`enable()` loads ring-flash-attn once (reporting what it bound), installs the wrappers and puts the
+process in mode `ring`. The Trainer hook opens a *step* (the sharded batch's facts); attention
+routing and the tripwires read it. Steps are thread-local.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from .. import lifecycle, modes
+from ..errors import ConfigurationError
+
+STRATEGIES = ("zigzag", "contiguous", "varlen")
+RING_DTYPES = ("bfloat16", "float16")
+
+_lock = threading.Lock()
+_local = threading.local()
+settings: dict[str, Any] = {"strategy": "zigzag", "heads_k_stride": 1, "ring_dtype": "bfloat16",
+                            "check_batches": True}
+loaded: Any = None  # cpshim.ring.loader.RingLoadResult once loaded
+
+
+def ensure_loaded() -> Any:
+    """Import ring-flash-attn with a kernel provider (raises RingNotInstalledError with the fix)."""
+    global loaded
+    with _lock:
+        if loaded is None:
+            from .loader import load_ring_flash_attn
+
+            loaded = load_ring_flash_attn()
+        _publish()
+        return loaded
+
+
+def _publish() -> None:
+    info: dict[str, Any] = dict(settings)
+    if loaded is not None:
+        info.update(ring_flash_attn=loaded.ring_version, provider=loaded.provider, bound=loaded.bound,
+                    shimmed=list(loaded.shimmed))
+        info["compute"] = (f"ring attention runs in {settings['ring_dtype']} (q/k/v cast in, output cast back): "
+                           "ring-flash-attn's fp32 backward is wrong and fp64 fails over gloo")
+    step = current_step()
+    if step is not None:
+        info["group_size"] = step.cp
+    lifecycle.ring_info = info
+
+
+def enable(strategy: str = "zigzag", heads_k_stride: int = 1, ring_dtype: str = "bfloat16",
+           check_batches: bool = True) -> Any:
+    if strategy not in STRATEGIES:
+        raise ConfigurationError(f"unknown ring strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if not isinstance(heads_k_stride, int) or heads_k_stride < 1:
+        raise ConfigurationError(f"heads_k_stride must be a positive int, got {heads_k_stride!r}")
+    if ring_dtype not in RING_DTYPES:
+        raise ConfigurationError(f"ring_dtype must be one of {', '.join(RING_DTYPES)}, got {ring_dtype!r}")
+    settings.update(strategy=strategy, heads_k_stride=heads_k_stride, ring_dtype=ring_dtype,
+                    check_batches=check_batches)
+    ensure_loaded()
+    return lifecycle.apply(mode=modes.RING)
+
+
+def disable() -> Any:
+    if modes.process_mode() == modes.RING:
+        modes.set_process_mode(modes.EXTERNAL)
+    return lifecycle.report()
+
+
+def current_step() -> Any:
+    return getattr(_local, "step", None)
+
+
+def set_step(step: Any) -> None:
+    _local.step = step

@@ -1,0 +1,16 @@
+"""The facts of one sharded step, shared by the Trainer hook, attention routing and tripwires."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Step:
+    def __init__(self, *, cp: int, rank: int, group: Any, strategy: str, local_len: int, global_len: int,
+                 padding: int, heads_k_stride: int, ring_dtype: str, model: Any, varlen: Any = None) -> None:
+        self.cp, self.rank, self.group, self.strategy = cp, rank, group, strategy
+        self.local_len, self.global_len, self.padding = local_len, global_len, padding
+        self.heads_k_stride, self.ring_dtype, self.varlen = heads_k_stride, ring_dtype, varlen
+        # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn").
+        self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
+        self.ran: set[int] = set()

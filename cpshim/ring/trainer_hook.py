@@ -1,0 +1,153 @@
+"""Mode `ring` inside `Trainer._prepare_context_parallel_inputs`: check, pad and shard the batch.
+
+Called with upstream's full-length `position_ids` and `shift_labels` already built (no target is lost
+at shard boundaries). Returns the step context that the Trainer wraps forward and backward in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any, Iterator
+
+from ..errors import CpshimRuntimeError
+from ..patches.accelerate_prepare_cp import non_full_attention_layers
+from . import runtime, sharding, tripwires
+from .step import Step
+
+_REFUSED_ATTENTION = ("eager", "flex_attention")
+armed: "weakref.WeakSet[Any]" = weakref.WeakSet()  # attention modules of models that trained in ring mode
+
+
+def _fail(reason: str) -> CpshimRuntimeError:
+    return CpshimRuntimeError(f"cpshim ring mode: {reason}")
+
+
+def _unwrap(model: Any) -> Any:
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return model
+
+
+def check_model(model: Any, heads_k_stride: int) -> None:
+    """Refuse what ring attention over the whole sequence would compute wrongly."""
+    config = getattr(model, "config", None)
+    if config is None or isinstance(config, dict):
+        raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
+    impl = getattr(config, "_attn_implementation", None)
+    if impl in _REFUSED_ATTENTION:
+        raise _fail(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
+                    "load the model with attn_implementation='sdpa' or 'flash_attention_2'")
+    bad = non_full_attention_layers(model)
+    if bad:
+        raise _fail(f"{type(model).__name__} has {', '.join(bad)} layers: only full causal attention is exact "
+                    "under ring attention")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name, refused in (("attention_dropout", lambda v: bool(v)), ("attn_logit_softcapping", lambda v: bool(v))):
+        if refused(getattr(text, name, None)):
+            raise _fail(f"config.{name}={getattr(text, name)!r} is not supported by the ring kernels: set it to 0/None")
+    kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None)
+    if kv_heads and kv_heads % heads_k_stride:
+        raise _fail(f"heads_k_stride={heads_k_stride} does not divide the model's {kv_heads} kv heads: "
+                    "pass cpshim.enable(heads_k_stride=...) with a divisor")
+
+
+def check_loss_path(trainer: Any) -> None:
+    """Loss paths that shift labels inside a shard would drop or misalign targets."""
+    if getattr(trainer, "label_smoother", None) is not None:
+        raise _fail("label_smoothing_factor > 0 shifts labels inside each shard: set it to 0")
+    if getattr(trainer, "compute_loss_func", None) is not None:
+        raise _fail("a custom compute_loss_func receives sharded labels without shift_labels: remove it, or "
+                    "compute the loss from inputs['shift_labels']")
+    if getattr(trainer, "model_accepts_loss_kwargs", True) is False:
+        raise _fail("the model takes no loss kwargs, so it cannot use the full-length shift_labels "
+                    "(it would shift labels inside each shard)")
+
+
+def _cp_group(trainer: Any) -> tuple[Any, int, int]:
+    import torch.distributed as dist
+
+    pc = trainer.accelerator.parallelism_config
+    mesh = getattr(trainer.accelerator, "torch_device_mesh", None)
+    if mesh is None or not dist.is_initialized() or "cp" not in (mesh.mesh_dim_names or ()):
+        raise _fail(f"cp_size={pc.cp_size} needs {pc.cp_size} processes per CP group under torch.distributed "
+                    "(launch with torchrun / accelerate launch); this process has no cp mesh dimension")
+    group = mesh["cp"].get_group()
+    return group, dist.get_rank(group), dist.get_world_size(group)
+
+
+def _check_mask(mask: Any) -> None:
+    """Ring attention is causal over the whole row: a 2-D mask may only mark right padding."""
+    if mask is None or mask.dim() != 2:
+        return  # None, or a 3-D/4-D mask that upstream's check already found causal
+    m = mask.bool()
+    right_padded = (m[:, :-1] | ~m[:, 1:]).all() if m.shape[1] > 1 else True
+    if not bool(right_padded):
+        raise _fail("the attention_mask has padding before real tokens (left padding or holes); use right "
+                    "padding (tokenizer.padding_side='right') or packed rows with position_ids")
+
+
+def _seq_keys(inputs: dict, batch: int, length: int) -> list[str]:
+    return [k for k, v in inputs.items()
+            if hasattr(v, "dim") and v.dim() >= 2 and tuple(v.shape[:2]) == (batch, length)]
+
+
+_PAD = {"labels": sharding.IGNORE_INDEX, "shift_labels": sharding.IGNORE_INDEX}
+
+
+def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+    if inputs.get("past_key_values") is not None or inputs.get("use_cache"):
+        raise _fail("KV cache / generate on sharded inputs is not supported: pass use_cache=False")
+    settings = runtime.settings
+    runtime.ensure_loaded()
+    hf_model = _unwrap(model)
+    check_model(hf_model, settings["heads_k_stride"])
+    check_loss_path(trainer)
+    group, rank, cp = _cp_group(trainer)
+    strategy = settings["strategy"]
+    inputs = dict(inputs)
+    _check_mask(inputs.pop("attention_mask", None))
+    ids = inputs.get("input_ids")
+    if ids is None:
+        raise _fail("the batch has no input_ids; cpshim shards input_ids, labels, shift_labels and position_ids")
+    batch, length = ids.shape[:2]
+    if length < sharding.multiple_for(strategy, cp):
+        raise _fail(f"sequence length {length} is shorter than {sharding.multiple_for(strategy, cp)} "
+                    f"({strategy} with cp={cp}): use longer sequences or a smaller cp_size")
+    keys = _seq_keys(inputs, batch, length)
+    cu = None
+    if strategy == "varlen":
+        cu = sharding.cu_seqlens_from_position_ids(inputs["position_ids"])
+        for k in keys:
+            inputs[k] = inputs[k].reshape(1, batch * length, *inputs[k].shape[2:])
+    full = inputs["input_ids"].shape[1]
+    if settings["check_batches"]:
+        tripwires.check_same_batch(inputs["input_ids"], group, rank)
+    for k in keys:
+        if k == "position_ids":
+            inputs[k] = sharding.pad_position_ids(inputs[k], cp, strategy)
+        else:
+            inputs[k] = sharding.pad_for_strategy(inputs[k], 1, cp, strategy, _PAD.get(k, 0))
+    padded = inputs["input_ids"].shape[1]
+    if cu is not None and padded > full:
+        cu = __import__("torch").cat([cu, cu.new_tensor([padded])])
+    for k in keys:
+        inputs[k] = sharding.shard(inputs[k], 1, rank, cp, strategy)
+    step = Step(cp=cp, rank=rank, group=group, strategy=strategy, local_len=inputs["input_ids"].shape[1],
+                global_len=padded, padding=padded - full, heads_k_stride=settings["heads_k_stride"],
+                ring_dtype=settings["ring_dtype"], model=hf_model,
+                varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
+    armed.update(step.expected.values())
+    return (lambda: step_context(step)), inputs
+
+
+@contextlib.contextmanager
+def step_context(step: Step) -> Iterator[Step]:
+    """Forward and backward of one sharded step; the tripwires run when it ends cleanly."""
+    previous = runtime.current_step()
+    runtime.set_step(step)
+    try:
+        yield step
+    finally:
+        runtime.set_step(previous)
+    tripwires.check_all_ran(step)

@@ -1,0 +1,57 @@
+"""Checks that turn silent mis-training into clear errors (each cheap enough to run every step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CpshimRuntimeError
+from .step import Step
+
+
+class TripwireError(CpshimRuntimeError):
+    """A sharded step did something that would train silently wrong."""
+
+
+def check_all_ran(step: Step) -> None:
+    missing = [name for name, m in step.expected.items() if id(m) not in step.ran]
+    if missing:
+        raise TripwireError(
+            f"cpshim ring mode: {len(missing)} attention module(s) did not run ring attention on a sharded step "
+            f"({', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}): they attended only to the local shard. "
+            "Use an attention implementation routed through transformers' registry (sdpa, flash_attention_*)"
+        )
+
+
+def check_local_length(step: Step, seq_len: int, module_name: str) -> None:
+    if seq_len != step.local_len:
+        raise TripwireError(
+            f"cpshim ring mode: attention in {module_name} got {seq_len} tokens, but the Trainer hook produced "
+            f"{step.local_len} per rank: something sharded the batch again (1/cp^2 of the tokens, axolotl #3498). "
+            "Remove the other sequence-parallel sharding when cpshim.enable() is on"
+        )
+
+
+def check_same_batch(input_ids: Any, group: Any, rank: int) -> None:
+    """All ranks of a CP group must hold the same batch (they each keep a different shard of it)."""
+    import torch
+    import torch.distributed as dist
+
+    ids = input_ids.to(torch.int64).reshape(-1)
+    weights = torch.arange(1, ids.numel() + 1, dtype=torch.int64, device=ids.device) % 1_000_003
+    mine = torch.stack([torch.tensor(ids.numel(), device=ids.device), ids.sum(), (ids * weights).sum()])
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(everyone, mine, group=group)
+    if any(not torch.equal(other, mine) for other in everyone):
+        raise TripwireError(
+            "cpshim ring mode: the ranks of one CP group hold different batches; each would train on a mix of "
+            "shards of unrelated sequences. Use a map-style Dataset (accelerate's DataLoaderDispatcher and "
+            "DeepSpeed's dataloader split batches across CP ranks), or dispatch_batches=False"
+        )
+
+
+def check_unsharded(module: Any, armed: Any) -> None:
+    if module in armed and getattr(module, "training", False):
+        raise TripwireError(
+            "cpshim ring mode: attention ran in training mode on an unsharded batch with CP on; the Trainer hook "
+            "did not shard this step (a subclass overriding training_step or _prepare_context_parallel_inputs?)"
+        )
