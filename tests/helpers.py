@@ -43,37 +43,12 @@ def code_runs(*funcs):
         sys.setprofile(old)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run_ranks(code: str, world: int, env: dict[str, str] | None = None, timeout: int = 300) -> list[str]:
-    """Run `code` as `world` torch.distributed ranks (env:// on loopback); return each rank's stdout."""
-    port = str(free_port())
-    base = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1",
-            "LOCAL_WORLD_SIZE": str(world)}
-    base.pop("CPSHIM_POLICY", None)
-    base.update(env or {})
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
-                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(world)]
-    outs = []
-    failed = []
-    for r, p in enumerate(procs):
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outs.append(out)
-        if p.returncode != 0:
-            failed.append(f"rank {r} exited {p.returncode}:\n{out}\n{err[-4000:]}")
-    if failed:
-        raise AssertionError("\n".join(failed))
-    return outs
+    """`world` gloo ranks of `code`; a failing rank fails the test with its output."""
+    from cpshim.ring.launch import run_ranks as launch
+
+    try:
+        return launch(code, world, env=env, timeout=timeout, cwd=str(ROOT))
+    except RuntimeError as e:
+        raise AssertionError(str(e)) from e
