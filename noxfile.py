@@ -20,6 +20,7 @@ torch, for `gpu`).
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import os
 import subprocess
@@ -54,6 +55,9 @@ SUITES = {
 }
 UNIT = ["tests", "--ignore=tests/upstream", "--ignore=tests/ring", "-m", "not upstream and not multiproc and not gpu"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
+# nox >= 2026.10 runs sessions side by side (`--parallel`); older nox runs `ci`'s cells one at a time.
+HAS_PARALLEL = "allow_parallel" in inspect.signature(nox.session).parameters
+PARALLEL_OK: dict = {"allow_parallel": True} if HAS_PARALLEL else {}
 
 
 def _git(*args: str) -> str:
@@ -142,7 +146,7 @@ def _pytest(session: nox.Session, path: Path, kind: str, cell: str | None, suite
     """Run pytest writing `path`; returns pytest's exit code (the caller decides what fails)."""
     env = {**_env(session), "CPSHIM_RESULT": str(path), "CPSHIM_CELL": cell or "", "CPSHIM_SUITE": suite,
            "CPSHIM_KIND": kind}
-    session.run("pytest", "-rfE", *args, *session.posargs, env=env,
+    session.run("pytest", "-rfE", "--durations=12", *args, *session.posargs, env=env,
                 success_codes=range(0, 256))
     if not path.exists():
         session.error(f"pytest wrote no result file {path}: did the cpshim pytest plugin load?")
@@ -151,11 +155,20 @@ def _pytest(session: nox.Session, path: Path, kind: str, cell: str | None, suite
 
 # ---------------------------------------------------------------------------------------- sessions
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, **PARALLEL_OK)
 def unit(session: nox.Session) -> None:
     """Tests that need no upstream library (no torch, transformers, accelerate)."""
     session.install("-e", ".", *TEST_DEPS)
-    session.run("pytest", *UNIT, *session.posargs, env=_env(session))
+    path = Path(session.create_tmp()) / "unit-result.json"
+    path.unlink(missing_ok=True)
+    env = {**_env(session), "CPSHIM_RESULT": str(path), "CPSHIM_KIND": "unit", "CPSHIM_SUITE": "unit",
+           "CPSHIM_RESULT_FINGERPRINTS": "0"}
+    session.run("pytest", *UNIT, *session.posargs, env=env, success_codes=range(0, 256))
+    code = json.loads(path.read_text(encoding="utf-8")).get("pytest", {}).get("exit") if path.exists() else None
+    if code == 5:
+        session.error("unit: pytest collected no tests (exit 5): check the test paths and markers")
+    if code != 0:
+        session.error(f"unit: pytest exited {code}")
 
 
 @nox.session(python=PYTHON)
@@ -172,7 +185,7 @@ def lint(session: nox.Session) -> None:
         session.error(f"{' and '.join(failures)} failed")
 
 
-@nox.session(python=PYTHON, tags=["matrix"], allow_parallel=True)
+@nox.session(python=PYTHON, tags=["matrix"], **PARALLEL_OK)
 @nox.parametrize("cell", [nox.param(c, id=c["id"]) for c in CELLS])
 def tests(session: nox.Session, cell: dict) -> None:
     """One matrix cell: pinned transformers/accelerate, the cell's suite, a result JSON."""
@@ -300,8 +313,8 @@ def ci(session: nox.Session) -> None:
     jobs = os.environ.get("CPSHIM_CI_JOBS", "2")
     sessions = ["unit"] + [f"tests({c['id']})" for c in _ci_cells()]
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "nox", "--envdir", ENVDIR, "--parallel", jobs, "--allow-parallel",
-           "--no-color", "-s", *sessions]
+    parallel = ["--parallel", jobs] if HAS_PARALLEL and jobs != "1" else []
+    cmd = [sys.executable, "-m", "nox", "--envdir", ENVDIR, *parallel, "--no-color", "-s", *sessions]
     code = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy()).returncode
     elapsed = time.monotonic() - started
     session.run(sys.executable, str(ROOT / "compat_matrix" / "render.py"), "--results", str(RESULTS))
