@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-__all__ = ["Cell", "Support", "cells", "supported", "load"]
+__all__ = ["Cell", "Support", "cells", "load", "supported"]
 
 _PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data", "matrix.json")
 _DATA: dict[str, Any] | None = None
@@ -184,7 +185,7 @@ def supported(transformers: str, accelerate: str) -> Support:
         return Support(transformers, accelerate, support_word, support_word, selected, reasons=reasons)
     same = _same_code(transformers, accelerate, selected)
     verdict = "same-code" if same else "in-range"
-    notes = () if same else ("no tested cell has the same upstream code for every patch; run "
-                             "`nox -s latest` or your own tests before relying on it",)
+    notes = () if same else (("no tested cell has the same upstream code for every patch; run "
+                              "`nox -s latest` or your own tests before relying on it"),)
     return Support(transformers, accelerate, verdict, support_word, selected, same_code_as=same,
                    reasons=reasons, notes=notes)

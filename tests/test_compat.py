@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from packaging.version import Version
@@ -341,7 +340,7 @@ def test_plugin_writes_a_cell_result(tmp_path):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "cpshim.pytest_plugin", "-q", "-p",
                            "no:cacheprovider", f"--cpshim-result={out}", "--cpshim-cell=t0-a0", str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["cell"] == "t0-a0" and data["run"]["id"] == "RUN-X"
