@@ -288,3 +288,32 @@ def test_cuda_gqa_reduction_sums_groups():
     assert cuda_mod._reduce_kv(red, 2) is red
     e = cuda_mod._expand_kv(torch.arange(2.0).reshape(1, 1, 2, 1), 4)
     assert e.flatten().tolist() == [0.0, 0.0, 1.0, 1.0]  # q head i reads kv head i // group
+
+
+def test_cuda_gqa_fallback_only_on_a_heads_refusal(monkeypatch):
+    """If aten refuses fewer kv heads, kv is expanded (and remembered); other errors propagate."""
+    calls = []
+
+    def fake(q, k, v, *args, **kwargs):
+        calls.append(k.shape[-2])
+        if k.shape[-2] != q.shape[-2]:
+            raise RuntimeError("Number of heads in key/value must divide number of heads in query")
+        lse = torch.zeros(q.shape[0], q.shape[2], q.shape[1])
+        return torch.zeros_like(q), lse, torch.zeros(2, dtype=torch.int64), torch.zeros(()), torch.empty(0)
+
+    monkeypatch.setattr(cuda_mod, "_GQA_NATIVE", None)
+    monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", fake)
+    q, k = torch.zeros(1, 4, 8, 16), torch.zeros(1, 4, 2, 16)
+    out = cuda_mod._forward(q, k, k, None, None, 4, 4, True, 0.25)
+    assert calls == [2, 8] and cuda_mod._GQA_NATIVE is False and out[0].shape == q.shape
+    cuda_mod._forward(q, k, k, None, None, 4, 4, True, 0.25)
+    assert calls == [2, 8, 8]  # remembered: expands straight away
+
+    def oom(*a, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(cuda_mod, "_GQA_NATIVE", None)
+    monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", oom)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cuda_mod._forward(q, k, k, None, None, 4, 4, True, 0.25)
+    assert cuda_mod._GQA_NATIVE is None

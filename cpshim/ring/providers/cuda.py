@@ -62,8 +62,8 @@ def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
     try:
         res = torch.ops.aten._flash_attention_forward(
             q, k, v, cum_q, cum_k, max_q, max_k, 0.0, causal, False, scale=scale)
-    except RuntimeError:
-        if h == hk or _GQA_NATIVE is False:
+    except RuntimeError as e:  # only a refusal of fewer kv heads switches to expanding them
+        if h == hk or _GQA_NATIVE is False or "head" not in str(e).lower():
             raise
         _GQA_NATIVE = False
         return _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale)
