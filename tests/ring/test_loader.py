@@ -82,3 +82,11 @@ def test_preexisting_flash_attn_entry_is_restored(probes):
     assert "error" not in r, r.get("error")
     assert r["flash_attn_is_preexisting"] and r["result"]["provider"] == "reference"
     assert r["fa_utils_unchanged"] and r["transformers_modules_unchanged"]
+
+
+def test_package_import_pulls_in_neither_torch_nor_transformers():
+    code = ("import sys, cpshim.ring as r; r.RingNotInstalledError; "
+            "print(sorted(m for m in ('torch', 'transformers', 'ring_flash_attn') if m in sys.modules))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
