@@ -148,7 +148,14 @@ def _check_fingerprint(st: _State) -> None:
     """An installed target that matches no tested release is `untested`, whatever its version says."""
     from . import fingerprint
 
-    result = fingerprint.check(st.patch)
+    try:
+        result = fingerprint.check(st.patch)
+    except Exception as e:  # a fingerprinting problem must not turn into a failed patch
+        st.fingerprint = {"value": None, "matches": [], "error": f"{type(e).__name__}: {e}"}
+        if st.support == SUPPORTED:
+            st.support = UNTESTED
+            st.reason = f"could not fingerprint the installed {st.patch.dist} code ({e}); treated as untested"
+        return
     st.fingerprint = {"value": result.fingerprint, "matches": list(result.releases),
                       "unmatched": list(result.unmatched)}
     if result.reason and st.support == SUPPORTED:
@@ -159,8 +166,8 @@ def _check_fingerprint(st: _State) -> None:
 def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:
     """Install one patch whose module is imported; returns the states with version problems."""
     problems: list[_State] = []
+    _check_fingerprint(st)
     try:
-        _check_fingerprint(st)
         inst = patching.install(st.patch.id, module_name, st.patch.attr_path, _dispatch, st.wrapper)
     except Exception as e:  # never break the user's import: record, fail the group, maybe raise later
         _fail(st, f"could not patch {st.patch.target}: {e}", e)

@@ -30,7 +30,7 @@ def dataset(case: dict) -> list[dict]:
     """A copy task: the second half repeats the first, so the loss needs attention across shards."""
     import torch
 
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(case.get("seed", 1234))
     n = case["batch"] * case["steps"] * case.get("grad_accum", 1) * case.get("dp", 1)
     half = case["seq_len"] // 2
     rows = []
@@ -144,19 +144,50 @@ def run_case(case: dict, cp: int) -> dict:
         model.register_forward_pre_hook(capture, with_kwargs=True)
     recorder = _Recorder()
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="cpshim-parity-"), per_device_train_batch_size=case["batch"],
+        output_dir=case.get("output_dir") or tempfile.mkdtemp(prefix="cpshim-parity-"), per_device_train_batch_size=case["batch"],
+        per_device_eval_batch_size=case["batch"],
         gradient_accumulation_steps=case.get("grad_accum", 1), max_steps=case["steps"], learning_rate=case.get("lr", 0.5),
         optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
         dataloader_drop_last=True, disable_tqdm=True, **extra)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset(case), callbacks=[recorder.callback])
+    if case.get("resume"):
+        args.save_strategy, args.save_steps = "steps", 2
+    trainer = Trainer(model=model, args=args, train_dataset=dataset(case), callbacks=[recorder.callback],
+                      compute_metrics=_token_accuracy if case.get("eval") else None)
     try:
         trainer.train()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        result = {"losses": _losses(trainer), "grads": recorder.grads if rank == 0 else None, "rank": rank}
+        if case.get("eval"):
+            metrics = trainer.evaluate(dataset({**case, "steps": 1, "seed": 99}))
+            result["eval"] = {k: metrics.get(f"eval_{k}") for k in ("loss", "accuracy", "logit_tokens")}
+        if case.get("resume"):  # a fresh Trainer resumes from step 2 and must reproduce steps 3..
+            torch.manual_seed(123)  # a different init: everything must come from the checkpoint
+            again = Trainer(model=LlamaForCausalLM(_config()), args=args, train_dataset=dataset(case))
+            if cp == 1:
+                again.model.config._attn_implementation = REFERENCE_KEY
+            again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
+            result["resumed_losses"] = _losses(again)
     finally:
         routing.ring_forward = ring_forward
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return {"losses": losses, "grads": recorder.grads if rank == 0 else None, "rank": rank}
+    return result
+
+
+def _losses(trainer: Any) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def _token_accuracy(prediction: Any) -> dict[str, float]:
+    """Next-token accuracy from full-length logits; fails loudly if logits and labels disagree in length."""
+    import numpy as np
+
+    logits, labels = prediction.predictions, prediction.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    if logits.shape[:2] != labels.shape[:2]:
+        raise ValueError(f"logits {logits.shape} do not match labels {labels.shape}")
+    pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+    mask = target != -100
+    return {"accuracy": float((pred == target)[mask].mean()), "logit_tokens": float(logits.shape[1])}
 
 
 def compare(reference: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> dict:
@@ -180,6 +211,9 @@ def main_worker(cases_json: str, out_dir: str, cp: int) -> None:
 
     cases = json.loads(cases_json)
     for i, case in enumerate(cases):
+        if cp == 1 and case.get("dp"):  # one process over the same global batches
+            case = {**case, "batch": case["batch"] * case["dp"], "dp": 1}
+        case = {**case, "output_dir": os.path.join(out_dir, f"{'ring' if cp > 1 else 'ref'}-{i}-trainer")}
         result = run_case(case, cp)
         if result["rank"] == 0:
             torch.save(result, os.path.join(out_dir, f"{'ring' if cp > 1 else 'ref'}-{i}.pt"))

@@ -14,3 +14,5 @@ class Step:
         # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn").
         self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
         self.ran: set[int] = set()
+        self.model = model
+        self.unshard_shape: tuple[int, int] | None = None  # eval: (batch, length) to restore logits to

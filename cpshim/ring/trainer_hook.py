@@ -138,7 +138,33 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
                 ring_dtype=settings["ring_dtype"], model=hf_model,
                 varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
     armed.update(step.expected.values())
+    needs_logits = not hf_model.training and (
+        getattr(trainer, "compute_metrics", None) is not None
+        or getattr(trainer, "preprocess_logits_for_metrics", None) is not None
+        or not getattr(trainer.args, "prediction_loss_only", False))
+    step.unshard_shape = (batch, length) if needs_logits else None
+    if getattr(trainer.args, "torch_compile", False):
+        raise _fail("torch_compile=True is not supported with ring attention yet (graph breaks at the ring's "
+                    "collectives); set torch_compile=False")
     return (lambda: step_context(step)), inputs
+
+
+def _unshard_logits(step: Step):
+    """Eval: gather the logits of every rank back into the full sequence (matching full-length labels)."""
+    import torch
+    import torch.distributed as dist
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        logits = output.get("logits") if hasattr(output, "get") else None
+        if logits is None or logits.shape[1] != step.local_len:
+            return output
+        parts = [torch.empty_like(logits) for _ in range(step.cp)]
+        dist.all_gather(parts, logits.contiguous(), group=step.group)
+        full = sharding.unshard(parts, 1, step.cp, step.strategy)[:, : step.global_len - step.padding]
+        output["logits"] = full.reshape(*step.unshard_shape, *full.shape[2:])
+        return output
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -146,8 +172,11 @@ def step_context(step: Step) -> Iterator[Step]:
     """Forward and backward of one sharded step; the tripwires run when it ends cleanly."""
     previous = runtime.current_step()
     runtime.set_step(step)
+    handle = step.model.register_forward_hook(_unshard_logits(step)) if step.unshard_shape else None
     try:
         yield step
     finally:
         runtime.set_step(previous)
+        if handle is not None:
+            handle.remove()
     tripwires.check_all_ran(step)

@@ -31,21 +31,56 @@ CASES = [
     {"id": "contiguous-b2", "strategy": "contiguous", "batch": 2, "seq_len": 64, "steps": 2},
     {"id": "varlen-packed", "strategy": "varlen", "batch": 2, "seq_len": 64, "steps": 2, "packed": True},
     {"id": "zigzag-ga2", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "grad_accum": 2},
+    {"id": "zigzag-eval", "strategy": "zigzag", "batch": 2, "seq_len": 64, "steps": 1, "eval": True},
+    {"id": "zigzag-resume", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 4, "resume": True},
     {"id": "negative-no-kv-exchange", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "negative": True},
 ]
+# 4 ranks as cp=2 x dp=2 (dp_replicate filled by cpshim): each DP group gets its own batches, and the result
+# equals one process over the same global batches.
+CASES_4 = [{"id": "cp2xdp2", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "dp": 2}]
+
+
+def _launch(cases, world, out):
+    import torch
+
+    code = f"from cpshim.ring.parity import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)"
+    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    run_ranks(code.replace("CP", "2"), world, timeout=900)
+    return {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt")), torch.load(os.path.join(out, f"ring-{i}.pt")))
+            for i, c in enumerate(cases)}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import torch
+    return _launch(CASES, 2, str(tmp_path_factory.mktemp("parity")))
 
-    out = str(tmp_path_factory.mktemp("parity"))
-    cases = json.dumps(CASES)
-    code = f"from cpshim.ring.parity import main_worker; main_worker({cases!r}, {out!r}, CP)"
-    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
-    run_ranks(code.replace("CP", "2"), 2, timeout=900)
-    return {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt")), torch.load(os.path.join(out, f"ring-{i}.pt")))
-            for i, c in enumerate(CASES)}
+
+@pytest.fixture(scope="module")
+def results_4(tmp_path_factory):
+    return _launch(CASES_4, 4, str(tmp_path_factory.mktemp("parity4")))
+
+
+def test_cp2_dp2_matches_one_process_over_global_batches(results_4):
+    from cpshim.ring.parity import compare
+
+    verdict = compare(*results_4["cp2xdp2"], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    assert verdict["ok"], verdict
+
+
+def test_eval_loss_and_metrics_logits(results):
+    ref, ring = results["zigzag-eval"]
+    if ring["eval"]["loss"] is None:
+        pytest.fail("no eval loss")
+    assert abs(ring["eval"]["loss"] - ref["eval"]["loss"]) <= LOSS_RTOL * abs(ref["eval"]["loss"])
+    # compute_metrics saw full-length logits in order (it raises on a length mismatch) and agrees
+    assert ring["eval"]["logit_tokens"] == ref["eval"]["logit_tokens"] == 64
+    assert ring["eval"]["accuracy"] == pytest.approx(ref["eval"]["accuracy"], abs=1 / 63)
+
+
+def test_resume_reproduces_the_uninterrupted_run(results):
+    _, ring = results["zigzag-resume"]
+    assert len(ring["resumed_losses"]) == len(ring["losses"]) == 4
+    assert ring["resumed_losses"][2:] == pytest.approx(ring["losses"][2:], rel=1e-6)
 
 
 @pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
