@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -110,7 +109,7 @@ def groups_of(values: dict[str, str], order: list[str]) -> list[dict]:
 
 def fingerprint_release(wheel_path: str, patches) -> dict[str, dict[str, str]]:
     """{patch id: {component: hash}} for one wheel, reading module files from the zip."""
-    trees: dict[str, ast.Module | None] = {}
+    trees: dict[str, fingerprint.ParsedSource | None] = {}
     out: dict[str, dict[str, str]] = {}
     with zipfile.ZipFile(wheel_path) as zf:
         for p in patches:
@@ -119,7 +118,7 @@ def fingerprint_release(wheel_path: str, patches) -> dict[str, dict[str, str]]:
                 module, qualname, mention = fingerprint.parse_component(comp)
                 if module not in trees:
                     src = wheels.module_source(zf, module)
-                    trees[module] = None if src is None else ast.parse(src)
+                    trees[module] = None if src is None else fingerprint.parse_source(src)
                 hashes[comp] = fingerprint.component_hash_from_source(trees[module], qualname, mention)
             out[p.id] = hashes
     return out

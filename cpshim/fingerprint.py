@@ -82,7 +82,8 @@ import sys
 
 __all__ = [
     "NORMALISER", "ABSENT", "OPAQUE", "UNMENTIONED", "UNAVAILABLE", "MARKERS",
-    "parse_component", "normalise", "source_hash", "component_hash_from_source", "component_hash_live",
+    "parse_component", "normalise", "source_hash", "parse_source", "ParsedSource",
+    "component_hash_from_source", "component_hash_live",
     "combine", "patch_component_hashes", "patch_fingerprint", "load_data", "lookup", "lookup_component",
     "check", "FingerprintCheck", "clear_cache",
 ]
@@ -225,18 +226,16 @@ def _is_mention(n: ast.AST, name: str) -> bool:
     return False
 
 
-def _mark(node: ast.AST, name: str, marked: set) -> bool:
-    """Add to `marked` the id of every node that is or contains a mention of `name` (one pass)."""
-    hit = _is_mention(node, name)
+def _contains(node: ast.AST, name: str) -> bool:
+    if _is_mention(node, name):
+        return True
     for child in ast.iter_child_nodes(node):
-        if _mark(child, name, marked):
-            hit = True
-    if hit:
-        marked.add(id(node))
-    return hit
+        if _contains(child, name):
+            return True
+    return False
 
 
-def _header_mentions(st: ast.AST, marked: set, name: str) -> bool:
+def _header_contains(st: ast.AST, name: str) -> bool:
     if isinstance(st, _DEFS) and st.name == name:
         return True
     for field in st._fields:
@@ -244,9 +243,16 @@ def _header_mentions(st: ast.AST, marked: set, name: str) -> bool:
             continue
         val = getattr(st, field, None)
         for v in val if isinstance(val, list) else [val]:
-            if isinstance(v, ast.AST) and id(v) in marked:
+            if isinstance(v, ast.AST) and _contains(v, name):
                 return True
     return False
+
+
+def _touches(st: ast.AST, hits: frozenset | None) -> bool:
+    """Whether a statement's lines contain the name as text (a pre-filter; None: no filter)."""
+    if hits is None:
+        return True
+    return any(n in hits for n in range(st.lineno, (st.end_lineno or st.lineno) + 1))
 
 
 def _blocks(st: ast.AST) -> list[tuple[str, list]]:
@@ -267,19 +273,20 @@ def _blocks(st: ast.AST) -> list[tuple[str, list]]:
     return out
 
 
-def _select(stmts: list, name: str, marked: set, path: tuple, out: list) -> None:
+def _select(stmts: list, name: str, hits: frozenset | None, path: tuple, out: list) -> None:
     for st in stmts:
-        if _is_string_stmt(st) or id(st) not in marked:
+        if _is_string_stmt(st) or not _touches(st, hits):
             continue
         blocks = _blocks(st)
         if not blocks:
-            out.append((st, path, False))
+            if _contains(st, name):
+                out.append((st, path, False))
             continue
-        header = _text(st, omit_blocks=True)
-        if _header_mentions(st, marked, name):
+        if _header_contains(st, name):
             out.append((st, path, True))
+        header = _text(st, omit_blocks=True)
         for label, block in blocks:
-            _select(block, name, marked, path + (header + "." + label,), out)
+            _select(block, name, hits, path + (header + "." + label,), out)
 
 
 def _with_users(stmts: list, bound: set, path: tuple, out: list) -> None:
@@ -297,15 +304,16 @@ def _with_users(stmts: list, bound: set, path: tuple, out: list) -> None:
             _with_users(block, bound, path + (header + "." + label,), out)
 
 
-def _mention_text(func: ast.AST, name: str) -> str | None:
+def _mention_text(func: ast.AST, name: str, lines: list | None = None) -> str | None:
     body = getattr(func, "body", None)
     if not isinstance(body, list):
         return None
-    marked: set = set()
-    for st in body:
-        _mark(st, name, marked)
+    hits = None
+    if lines is not None:  # lines[i] is line i + 1 of the text `func` was parsed from
+        hits = frozenset(n for n in range(func.lineno, (func.end_lineno or func.lineno) + 1)
+                         if name in lines[n - 1])
     picked: list = []
-    _select(body, name, marked, (), picked)
+    _select(body, name, hits, (), picked)
     if not picked:
         return None
     bound = set()
@@ -325,35 +333,50 @@ def _mention_text(func: ast.AST, name: str) -> str | None:
     return "\n".join(lines)
 
 
-def normalise(node: ast.AST, mention: str | None = None) -> str | None:
-    """Canonical text of a def/class node (or of its statements mentioning `mention`; None if none)."""
+def normalise(node: ast.AST, mention: str | None = None, lines: list | None = None) -> str | None:
+    """Canonical text of a def/class node, or of its statements mentioning `mention` (None if none).
+
+    `lines`: the lines of the text `node` was parsed from (``text.split("\\n")``). With them, only
+    statements whose lines contain `mention` as text are examined (much faster on big functions); both
+    the wheel and the live path pass them, so a mention spelled without its text (``"_pre" "p"``) is
+    not seen by either.
+    """
     if mention is None:
         return _text(node)
-    return _mention_text(node, mention)
+    return _mention_text(node, mention, lines)
 
 
-def _node_hash(node: ast.AST, mention: str | None) -> str:
+def _node_hash(node: ast.AST, mention: str | None, lines: list | None) -> str:
     if mention is not None and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return OPAQUE
-    text = normalise(node, mention)
+    text = normalise(node, mention, lines)
     return UNMENTIONED if text is None else _hash(text)
 
 
-def _parse_def(source: str) -> ast.AST:
-    """Parse the source of one def/class as returned by inspect.getsource (possibly indented)."""
+def _newlines(text: str) -> str:
+    """Universal newlines, as the import system reads source (line numbers then match ``split``)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _parse_def(source: str) -> tuple[ast.AST, list]:
+    """Parse the source of one def/class as returned by inspect.getsource (possibly indented).
+
+    Returns the node and the lines of the parsed text (node line numbers index them, 1-based)."""
+    source = _newlines(source)
     if source[:1] in (" ", "\t"):
-        tree = ast.parse("if 1:\n" + source)
-        body = tree.body[0].body  # type: ignore[attr-defined]
+        source = "if 1:\n" + source
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
     else:
         body = ast.parse(source).body
     if len(body) != 1 or not isinstance(body[0], _DEFS):
         raise ValueError("source is not a single def or class statement")
-    return body[0]
+    return body[0], source.split("\n")
 
 
 def source_hash(source: str, mention: str | None = None) -> str:
     """Hash of the source text of one function or class (the text ``inspect.getsource`` returns)."""
-    return _node_hash(_parse_def(source), mention)
+    node, lines = _parse_def(source)
+    return _node_hash(node, mention, lines)
 
 
 # --------------------------------------------------------------------------- wheel path
@@ -446,22 +469,38 @@ def _resolve_in_tree(tree: ast.Module, qualname: str) -> object:
     return node
 
 
-def component_hash_from_source(module_source_text: str | ast.Module | None, qualname: str,
+class ParsedSource:
+    """A module's source, parsed once for several components (see :func:`parse_source`)."""
+
+    __slots__ = ("tree", "lines")
+
+    def __init__(self, text: str):
+        text = _newlines(text)
+        self.tree = ast.parse(text)
+        self.lines = text.split("\n")
+
+
+def parse_source(module_source_text: str) -> ParsedSource:
+    """Parse a module's text once, to hash several of its components (``transformers/trainer.py``)."""
+    return ParsedSource(module_source_text)
+
+
+def component_hash_from_source(module_source_text: str | ParsedSource | None, qualname: str,
                                mention: str | None = None) -> str:
     """Hash of `qualname` (optionally only its statements mentioning `mention`) in a module's source.
 
-    `module_source_text` is the module's text, an already parsed ``ast.Module`` of it (to parse a big
-    module once for several components), or None when the module does not exist (-> ``ABSENT``).
+    `module_source_text` is the module's text, a :func:`parse_source` of it (to parse a big module
+    once for several components), or None when the module does not exist (-> ``ABSENT``).
     """
     if module_source_text is None:
         return ABSENT
-    tree = ast.parse(module_source_text) if isinstance(module_source_text, str) else module_source_text
-    node = _resolve_in_tree(tree, qualname)
+    parsed = module_source_text if isinstance(module_source_text, ParsedSource) else ParsedSource(module_source_text)
+    node = _resolve_in_tree(parsed.tree, qualname)
     if node is None:
         return ABSENT
     if node is OPAQUE:
         return OPAQUE
-    return _node_hash(node, mention)  # type: ignore[arg-type]
+    return _node_hash(node, mention, parsed.lines)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- live path
@@ -560,7 +599,8 @@ def component_hash_live(component: str, *, import_missing: bool = True) -> str:
         if obj.__module__ != module or obj.__qualname__ != expected:
             return OPAQUE
         try:
-            return _node_hash(_parse_def(inspect.getsource(obj)), mention)
+            node, lines = _parse_def(inspect.getsource(obj))
+            return _node_hash(node, mention, lines)
         except (OSError, TypeError, SyntaxError, ValueError, IndexError):
             return UNAVAILABLE
     func = _original(obj, getattr(mod, "__file__", None) or "", expected)
@@ -570,15 +610,15 @@ def component_hash_live(component: str, *, import_missing: bool = True) -> str:
     cached = _HASHES.get(key)
     if cached is None:
         try:
-            node = _NODES.get(key[0])
-            if node is None:
-                node = _function_node(func, mod)
+            parsed = _NODES.get(key[0])
+            if parsed is None:
+                parsed = _function_node(func, mod)
                 if len(_NODES) >= 4:
                     _NODES.pop(next(iter(_NODES)))
-                _NODES[key[0]] = node
+                _NODES[key[0]] = parsed
         except (OSError, TypeError, SyntaxError, ValueError, IndexError):
             return UNAVAILABLE
-        cached = _HASHES[key] = _node_hash(node, mention)
+        cached = _HASHES[key] = _node_hash(parsed[0], mention, parsed[1])
     return cached
 
 
@@ -603,7 +643,7 @@ def _last_line(code: object) -> int:
     return last
 
 
-def _function_node(func: object, mod: object) -> ast.AST:
+def _function_node(func: object, mod: object) -> tuple[ast.AST, list]:
     """The parsed ``inspect.getsource(func)``, without following ``__wrapped__`` (which would leave
     the module for ``@wraps(torch...)`` methods), without ``inspect.getmodule``'s scan of sys.modules,
     and (fast path) without tokenizing: the function ends after the last line that has bytecode, at the

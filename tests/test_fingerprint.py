@@ -510,14 +510,14 @@ def test_whole_modules_live_equals_source(upstream):
                    "accelerate.state", "accelerate.big_modeling"):
         if module not in sys.modules:
             continue
-        tree = ast.parse(_module_text(module))
-        for st in tree.body:
+        parsed = fp.parse_source(_module_text(module))
+        for st in parsed.tree.body:
             quals = []
             if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 quals.append(st.name)
             if isinstance(st, ast.ClassDef):
                 quals += [f"{st.name}.{s.name}" for s in st.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
             for q in quals:
-                assert fp.component_hash_live(f"{module}:{q}") == fp.component_hash_from_source(tree, q), q
+                assert fp.component_hash_live(f"{module}:{q}") == fp.component_hash_from_source(parsed, q), q
                 n += 1
     assert n > 100
