@@ -124,15 +124,50 @@ def test_registry_rejects_duplicate_ids_and_bad_specs():
         Registry((_patch(Variant("a", {"d": ">=1"}, {"e": "2.0"}, "x:y")),))
 
 
-def test_catalog_variants_never_overlap_on_any_tested_release():
-    """Exhaustive over the shipped release lists (hypothesis covers the space between them)."""
+def _shipped(name):
     import json
     from importlib import resources
 
-    data = json.loads(resources.files("cpshim").joinpath("_data/releases.json").read_text())
-    t_releases = [r["version"] for r in data["transformers"]]
-    a_releases = [r["version"] for r in data["accelerate"]]
-    for t in t_releases:
-        for a in a_releases:
-            for patch in REGISTRY:
-                select(patch, _versions(transformers=t, accelerate=a))
+    return json.loads(resources.files("cpshim").joinpath(f"_data/{name}").read_text())
+
+
+def _valid_pair(t: str, a: str) -> bool:
+    """Written from the upstream facts, not from the registry: 5.x needs accelerate >= 1.12.0 for
+    parallelism_config; 4.56-4.57 need >= 1.10.1."""
+    need = Version("1.12.0") if Version(t) >= Version("5.0.0rc0") else Version("1.10.1")
+    return Version(a) >= need
+
+
+def test_every_released_pair_has_a_variant_or_a_reasoned_refusal():
+    releases = _shipped("releases.json")["dists"]
+    t_all = [r["version"] for r in releases["transformers"]]
+    a_all = [r["version"] for r in releases["accelerate"]]
+    assert "4.56.0" in t_all and "5.24.0" in t_all and "1.12.0" in a_all
+    for t in t_all:
+        for a in a_all:
+            sel = select(REGISTRY["trainer-cp-inputs"], _versions(transformers=t, accelerate=a))
+            if _valid_pair(t, a):
+                assert sel.variant is not None, (t, a, sel.reason)
+                assert sel.support == (UNTESTED if Version(t).is_prerelease else SUPPORTED), (t, a, sel.reason)
+            else:
+                assert sel.variant is None and sel.support == UNSUPPORTED
+                assert "accelerate" in sel.reason and "pip install" in sel.reason, sel.reason
+
+
+def test_variants_agree_with_fingerprint_groups():
+    """Releases whose patched code is identical (one fingerprint group) always get the same variant."""
+    import json
+    from pathlib import Path
+
+    full = json.loads((Path(__file__).parents[1] / "compat_matrix" / "fingerprints.json").read_text())["patches"]
+    newest_accelerate = {"transformers": {"accelerate": "1.15.0"}, "accelerate": {"transformers": "5.24.0"}}
+    for patch in REGISTRY:
+        groups = full[patch.id]["groups"]
+        assert groups, patch.id
+        for group in groups:
+            chosen = set()
+            for release in group["releases"]:
+                versions = _versions(**{patch.dist: release}, **newest_accelerate[patch.dist])
+                sel = select(patch, versions)
+                chosen.add(sel.variant.name if sel.variant else None)
+            assert len(chosen) == 1, (patch.id, group["label"], chosen)

@@ -57,7 +57,7 @@ ACCELERATE_PREPARE_CP = Patch(
     variants=(
         Variant(
             name="no-op-context",
-            requires={"accelerate": ">=1.10.1,<2"},
+            requires={"accelerate": ">=1.10,<2"},
             ceiling={"accelerate": ACCELERATE_CEILING},
             impl="cpshim.patches.accelerate_prepare_cp:no_op_context",
             info={"keeps": "its arguments, returned unchanged",
@@ -73,7 +73,7 @@ ACCELERATE_PREPARE_CP = Patch(
     ),
 )
 
-_ACC = {"accelerate": ">=1.10.1,<2"}
+_ACC = {"accelerate": ">=1.10,<2"}  # 1.10.0 shares 1.10.1's code (fingerprints)
 _ACC_CEILING = {"accelerate": ACCELERATE_CEILING}
 
 PARALLELISM_VALIDATE = Patch(
