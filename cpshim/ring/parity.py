@@ -149,7 +149,8 @@ def run_case(case: dict, cp: int) -> dict:
         gradient_accumulation_steps=case.get("grad_accum", 1), max_steps=case["steps"], learning_rate=case.get("lr", 0.5),
         optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
-        dataloader_drop_last=True, disable_tqdm=True, **extra)
+        dataloader_drop_last=True, disable_tqdm=True,
+        average_tokens_across_devices=case.get("average_tokens", True), **extra)
     if case.get("resume"):
         args.save_strategy, args.save_steps = "steps", 2
     trainer = Trainer(model=model, args=args, train_dataset=dataset(case), callbacks=[recorder.callback],
