@@ -147,3 +147,27 @@ def test_bad_env_policy_is_recorded(trainer, upstream, cp, monkeypatch):
         warnings.simplefilter("always")
         rep = cpshim.apply()
     assert rep.policy == "warn" and any(n["kind"] == "bad-policy" for n in rep.notices)
+
+
+@pytest.mark.skipif(_installed("transformers") < Version("5.16"), reason="prediction_step calls the hook from 5.16")
+def test_evaluate_with_cp_goes_through_the_patched_hook(trainer, upstream, cp):
+    import torch
+
+    from cpshim.patches import trainer_cp_inputs
+
+    trainer.model.config._attn_implementation = "sdpa"
+    g = torch.Generator().manual_seed(3)
+    data = [{"input_ids": (ids := torch.randint(0, 64, (16,), generator=g)), "labels": ids.clone()} for _ in range(2)]
+    state = trainer.accelerator.state
+    state.parallelism_config, pc = None, state.parallelism_config
+    expected = trainer.evaluate(data)["eval_loss"]  # CP off: the plain evaluation
+    state.parallelism_config = pc
+    with pytest.raises(Exception):  # upstream: torch's native CP cannot prepare on this CPU process
+        trainer.evaluate(data)
+    cpshim.apply()
+    with code_runs(upstream["cp_inputs"], trainer_cp_inputs.no_op) as ran:
+        got = trainer.evaluate(data)["eval_loss"]
+    assert trainer_cp_inputs.no_op in ran and upstream["cp_inputs"] not in ran
+    # Upstream divides the eval token count by cp (each rank of a sharding trainer holds 1/cp of the tokens
+    # and the eval loop averages the ranks); this one process holds them all, so its loss is cp x the plain one.
+    assert got == pytest.approx(expected * pc.cp_size, rel=1e-6)
