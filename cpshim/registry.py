@@ -52,6 +52,7 @@ class Patch(NamedTuple):
     watch: tuple[str, ...] = ()
     summary: str = ""
     follows_mode: bool = True  # False: the wrapper runs in every mode (decides by its own state)
+    fixed_in: str | None = None  # first `dist` release that no longer needs the patch
 
     @property
     def module(self) -> str:
@@ -123,6 +124,8 @@ def select(patch: Patch, versions: Mapping[str, VersionInfo]) -> Selection:
             f"{patch.dist} {own.raw} has no {patch.target.partition(':')[2]} (added in {patch.floor}): "
             f"pip install -U '{patch.dist}>={patch.floor}'",
         )
+    if patch.fixed_in and Version(own.version.base_version) >= Version(patch.fixed_in):
+        return Selection(patch, None, SUPPORTED, f"not needed: fixed upstream in {patch.dist} {patch.fixed_in}", False)
     matching = [v for v in patch.variants if not _conflicts(v, versions)]
     if len(matching) > 1:
         raise RegistrationError(f"{patch.id}: variants {[v.name for v in matching]} overlap at {dict(versions)}")
@@ -167,6 +170,7 @@ class Registry:
             try:
                 variant.specifiers()
                 Version(patch.floor)
+                Version(patch.fixed_in or patch.floor)
                 [Version(c) for c in variant.ceiling.values()]
             except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e

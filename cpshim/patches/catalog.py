@@ -156,5 +156,19 @@ ATTENTION_DISPATCH = Patch(
     ),  # model call sites and masking_utils are not imported with the Trainer: watching them costs ~0.2 s
 )
 
+TRAINER_TOTAL_BATCH = Patch(
+    id="trainer-total-batch",
+    target="transformers.trainer:Trainer.get_total_train_batch_size",
+    dist="transformers",
+    floor="4.56.0",
+    fixed_in="5.0.0",
+    summary="ring mode: the total batch counts data-parallel ranks only (4.x counts CP ranks too)",
+    variants=(Variant("divide-by-cp", _T4, {"transformers": "4.57.6", "accelerate": ACCELERATE_CEILING},
+                      "cpshim.patches.trainer_cp_inputs:total_batch_without_cp",
+                      info={"keeps": "upstream's count", "turns_off": "counting the ranks of a CP group as "
+                                                                      "data-parallel (throughput cp x too high)"}),),
+    watch=("transformers.trainer:Trainer.get_total_train_batch_size",),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
-                     STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH))
+                     STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH))

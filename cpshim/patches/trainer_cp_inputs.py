@@ -79,3 +79,13 @@ def no_op(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]
     if call.settings.get("full_length_keys"):
         return contextlib.nullcontext, prepare_full_length(call, trainer, model, inputs)
     return contextlib.nullcontext, inputs
+
+
+def total_batch_without_cp(call: Any, trainer: Any, args: Any) -> int:
+    """transformers 4.56-4.57 count every rank as data-parallel; in ring mode the cp ranks of a group
+    share one batch, so the total (and the reported throughput) is cp times too high. 5.0 divides by cp."""
+    total = call.original(args)
+    pc = _pc(trainer)
+    if call.mode != RING or not cp_owned(pc):
+        return total
+    return total // pc.cp_size

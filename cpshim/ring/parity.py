@@ -158,7 +158,8 @@ def run_case(case: dict, cp: int) -> dict:
     try:
         trainer.train()
         rank = dist.get_rank() if dist.is_initialized() else 0
-        result = {"losses": _losses(trainer), "grads": recorder.grads if rank == 0 else None, "rank": rank}
+        result = {"losses": _losses(trainer), "grads": recorder.grads if rank == 0 else None, "rank": rank,
+                  "total_batch": trainer.get_total_train_batch_size(args)}
         if case.get("eval"):
             metrics = trainer.evaluate(dataset({**case, "steps": 1, "seed": 99}))
             result["eval"] = {k: metrics.get(f"eval_{k}") for k in ("loss", "accuracy", "logit_tokens")}

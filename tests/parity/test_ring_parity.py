@@ -63,8 +63,15 @@ def results_4(tmp_path_factory):
 def test_cp2_dp2_matches_one_process_over_global_batches(results_4):
     from cpshim.ring.parity import compare
 
-    verdict = compare(*results_4["cp2xdp2"], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    ref, ring = results_4["cp2xdp2"]
+    verdict = compare(ref, ring, loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
     assert verdict["ok"], verdict
+    assert ring["total_batch"] == ref["total_batch"] == 2  # the cp ranks of a group share one batch
+
+
+def test_total_batch_counts_data_parallel_ranks_only(results):
+    ref, ring = results["zigzag-b2"]
+    assert ring["total_batch"] == ref["total_batch"] == 2
 
 
 def test_eval_loss_and_metrics_logits(results):
