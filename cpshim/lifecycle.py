@@ -320,8 +320,14 @@ def report(versions: Mapping[str, str | None] | None = None) -> Report:
                 versions={d: i.raw for d, i in pins.items()}, mode=modes.process_mode(), policy=_policy,
                 patches=[_record(s) for s in states.values()], settings=dict(_settings), hypothetical=True,
             )
+        if ring_info:
+            ring = dict(ring_info)
+        else:
+            from .ring.preview import preview
+
+            ring = preview(_versions)
         return Report(
             versions={d: i.raw for d, i in _versions.items()}, mode=modes.process_mode(), policy=_policy,
             patches=[_record(s) for s in _states.values()], notices=list(_notices),
-            settings=dict(_settings), ring=dict(ring_info) if ring_info else None,
+            settings=dict(_settings), ring=ring,
         )

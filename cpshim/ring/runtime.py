@@ -42,9 +42,6 @@ def _publish() -> None:
                     shimmed=list(loaded.shimmed))
         info["compute"] = (f"ring attention runs in {settings['ring_dtype']} (q/k/v cast in, output cast back): "
                            "ring-flash-attn's fp32 backward is wrong and fp64 fails over gloo")
-    step = current_step()
-    if step is not None:
-        info["group_size"] = step.cp
     lifecycle.ring_info = info
 
 
@@ -66,6 +63,13 @@ def disable() -> Any:
     if modes.process_mode() == modes.RING:
         modes.set_process_mode(modes.EXTERNAL)
     return lifecycle.report()
+
+
+def note_group(cp: int) -> None:
+    """Record the CP group size of the latest sharded step for the report (only when it changes)."""
+    if (lifecycle.ring_info or {}).get("group_size") != cp:
+        settings["group_size"] = cp
+        _publish()
 
 
 def current_step() -> Any:

@@ -138,6 +138,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
                 ring_dtype=settings["ring_dtype"], model=hf_model,
                 varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
     armed.update(step.expected.values())
+    runtime.note_group(cp)
     needs_logits = not hf_model.training and (
         getattr(trainer, "compute_metrics", None) is not None
         or getattr(trainer, "preprocess_logits_for_metrics", None) is not None

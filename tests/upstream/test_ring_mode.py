@@ -1,0 +1,88 @@
+"""Ring mode in one process with the real Trainer: enable/disable, the report, and the refusals
+that happen before any communication (multi-rank behaviour: tests/parity)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+import cpshim
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ring_flash_attn") is None,
+                                reason="needs ring-flash-attn (pip install 'cpshim[ring]')")
+
+
+@pytest.fixture
+def ring(cp, trainer):
+    rep = cpshim.enable()
+    trainer.model.config._attn_implementation = "sdpa"
+    yield rep
+    cpshim.disable()
+    trainer.label_smoother = None
+
+
+def test_enable_reports_what_is_bound(ring):
+    assert ring.mode == "ring"
+    info = cpshim.report().ring
+    assert info["strategy"] == "zigzag" and info["provider"] == "reference"
+    bound = info["bound"]["ring_flash_attn.zigzag_ring_flash_attn"]
+    assert bound["_flash_attn_forward"].startswith("cpshim.ring.providers.reference")
+    assert "bf" in info["compute"] or "bfloat16" in info["compute"]
+    assert cpshim.disable().mode == "external"
+
+
+def test_bad_enable_arguments(cp):
+    with pytest.raises(cpshim.ConfigurationError, match="strategy"):
+        cpshim.enable(strategy="spiral")
+    with pytest.raises(cpshim.ConfigurationError, match="heads_k_stride"):
+        cpshim.enable(heads_k_stride=0)
+
+
+def _prepare(trainer, model, batch):
+    return trainer._prepare_context_parallel_inputs(model, dict(batch))
+
+
+@pytest.mark.parametrize("impl", ["eager", "flex_attention"])
+def test_unroutable_attention_is_refused(trainer, ring, batch, impl):
+    trainer.model.config._attn_implementation = impl
+    with pytest.raises(cpshim.CpshimRuntimeError, match=f"attn_implementation='{impl}'"):
+        _prepare(trainer, trainer.model, batch)
+
+
+def test_sliding_window_model_is_refused(trainer, ring, batch):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             sliding_window=8, attn_implementation="sdpa"))
+    with pytest.raises(cpshim.CpshimRuntimeError, match="sliding_attention"):
+        _prepare(trainer, model, batch)
+
+
+def test_label_smoothing_is_refused(trainer, ring, batch):
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    trainer.label_smoother = LabelSmoother(epsilon=0.1)
+    with pytest.raises(cpshim.CpshimRuntimeError, match="label_smoothing_factor"):
+        _prepare(trainer, trainer.model, batch)
+
+
+def test_heads_k_stride_must_divide_kv_heads(trainer, cp, batch):
+    cpshim.enable(heads_k_stride=3)
+    try:
+        with pytest.raises(cpshim.CpshimRuntimeError, match="heads_k_stride=3"):
+            _prepare(trainer, trainer.model, batch)
+    finally:
+        cpshim.enable()
+        cpshim.disable()
+
+
+def test_single_process_cp_is_a_clear_error(trainer, ring, batch):
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, trainer.model, batch)
+
+
+def test_kv_cache_is_refused(trainer, ring, batch):
+    with pytest.raises(cpshim.CpshimRuntimeError, match="use_cache=False"):
+        _prepare(trainer, trainer.model, {**batch, "use_cache": True})
