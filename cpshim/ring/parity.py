@@ -153,11 +153,22 @@ def run_case(case: dict, cp: int) -> dict:
         average_tokens_across_devices=case.get("average_tokens", True), **extra)
     if case.get("resume"):
         args.save_strategy, args.save_steps = "steps", 2
-    trainer = Trainer(model=model, args=args, train_dataset=dataset(case), callbacks=[recorder.callback],
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    data_case = case
+    if case.get("rank_seeded"):  # a broken dataloader: each rank of the CP group gets other rows
+        data_case = {**case, "seed": 1234 + rank}
+    trainer = Trainer(model=model, args=args, train_dataset=dataset(data_case), callbacks=[recorder.callback],
                       compute_metrics=_token_accuracy if case.get("eval") else None)
     try:
+        if case.get("rank_seeded"):
+            from .tripwires import TripwireError
+
+            try:
+                trainer.train()
+            except TripwireError as e:
+                return {"error": str(e), "rank": rank, "losses": [], "grads": None}
+            return {"error": None, "rank": rank, "losses": [], "grads": None}
         trainer.train()
-        rank = dist.get_rank() if dist.is_initialized() else 0
         result = {"losses": _losses(trainer), "grads": recorder.grads if rank == 0 else None, "rank": rank,
                   "total_batch": trainer.get_total_train_batch_size(args)}
         if case.get("eval"):

@@ -33,6 +33,7 @@ CASES = [
     {"id": "zigzag-ga2", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "grad_accum": 2},
     {"id": "zigzag-eval", "strategy": "zigzag", "batch": 2, "seq_len": 64, "steps": 1, "eval": True},
     {"id": "zigzag-resume", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 4, "resume": True},
+    {"id": "different-batches", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 1, "rank_seeded": True},
     {"id": "negative-no-kv-exchange", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "negative": True},
 ]
 # 4 ranks as cp=2 x dp=2 (dp_replicate filled by cpshim): each DP group gets its own batches, and the result
@@ -90,7 +91,12 @@ def test_resume_reproduces_the_uninterrupted_run(results):
     assert ring["resumed_losses"][2:] == pytest.approx(ring["losses"][2:], rel=1e-6)
 
 
-@pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
+def test_ranks_with_different_batches_trip(results):
+    _, ring = results["different-batches"]
+    assert ring["error"] and "hold different batches" in ring["error"]
+
+
+@pytest.mark.parametrize("case", [c["id"] for c in CASES if not (c.get("negative") or c.get("rank_seeded"))])
 def test_ring_matches_single_process(results, case):
     from cpshim.ring.parity import compare
 
