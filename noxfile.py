@@ -317,6 +317,12 @@ def ci(session: nox.Session) -> None:
     cmd = [sys.executable, "-m", "nox", "--envdir", ENVDIR, *parallel, "--no-color", "-s", *sessions]
     code = subprocess.run(cmd, cwd=ROOT, env=os.environ.copy(), check=False).returncode
     elapsed = time.monotonic() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "_run.json").write_text(json.dumps({
+        "run": {"id": os.environ["CPSHIM_RUN_ID"], "commit": os.environ["CPSHIM_RUN_COMMIT"]},
+        "jobs": int(jobs) if parallel else 1, "cpus": os.cpu_count(), "wall_s": round(elapsed, 1),
+        "sessions": sessions, "nox_exit": code,
+    }, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     session.run(sys.executable, str(ROOT / "compat_matrix" / "render.py"), "--results", str(RESULTS))
     session.log(f"ci: unit + {len(sessions) - 1} cells in {elapsed / 60:.1f} min (run {os.environ['CPSHIM_RUN_ID']})")
     if code != 0:

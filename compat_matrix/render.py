@@ -91,12 +91,22 @@ def load_results(directory: Path = RESULTS) -> dict[str, dict[str, Any]]:
     if not directory.is_dir():
         return out
     for path in sorted(directory.glob("*.json")):
+        if path.name.startswith("_"):
+            continue  # _run.json: the run's own record, not a cell
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             data = {"error": f"unreadable result file {path.name}: {exc}"}
         out[data.get("cell") or path.stem] = {**data, "_file": path.name}
     return out
+
+
+def load_run(directory: Path = RESULTS) -> dict[str, Any]:
+    """compat_matrix/results/_run.json, written by `nox -s ci` (wall time, parallel jobs); {} if absent."""
+    try:
+        return json.loads((directory / "_run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 # ------------------------------------------------------------------------------------ judging
@@ -259,7 +269,8 @@ def _esc(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
+              run: dict[str, Any] | None = None) -> str:
     cells = matrix["cells"]
     pids = patch_ids(matrix)
     judged = {c["id"]: judge(results.get(c["id"]), c) for c in cells}
@@ -313,7 +324,11 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]]) -> str
                             else f"{actual} (expected {expected})")
         lines.append(f"| {c['transformers']} | {c['accelerate']} | {MARK[status]} | " + " | ".join(variants)
                      + f" | {_counts(result)} | {c['suite']} | {_fmt_time(_seconds(result))} |")
-    lines += ["", f"Matrix wall time (sum of cells, install included): {_fmt_time(total) if total else '-'}."]
+    lines += ["", f"Sum of the cells' times (install included): {_fmt_time(total) if total else '-'}."]
+    if run and len(runs) == 1 and (run.get("run") or {}).get("id") == next(iter(runs))[0]:
+        lines[-1] += (f" Wall time of `nox -s ci` for this run: {_fmt_time(run.get('wall_s'))} "
+                      f"({len(run.get('sessions') or [])} sessions, unit included, {run.get('jobs')} at a time, "
+                      f"on {run.get('cpus', '?')} CPUs).")
     problems = [(c, judged[c["id"]][1]) for c in cells if judged[c["id"]][0] not in ("passed", "not-run")]
     if problems:
         lines += ["", "## Failures and notes", ""]
@@ -359,7 +374,7 @@ def outputs(matrix_path: Path = MATRIX, results_dir: Path = RESULTS) -> dict[Pat
     matrix = load_matrix(matrix_path)
     results = load_results(results_dir)
     data = json.dumps(build_data(matrix, results), indent=1, sort_keys=True) + "\n"
-    return {COMPAT: render_md(matrix, results), DATA: data}
+    return {COMPAT: render_md(matrix, results, load_run(results_dir)), DATA: data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,9 +245,13 @@ def test_render_judges_each_way_a_cell_can_fail(tmp_path):
 
     for key, data in results.items():
         (tmp_path / f"{key}.json").write_text(json.dumps(data), encoding="utf-8")
+    (tmp_path / "_run.json").write_text(json.dumps({"run": {"id": "R1"}, "wall_s": 1200, "jobs": 2,
+                                                    "sessions": ["unit", "a", "b"]}), encoding="utf-8")
     loaded = render.load_results(tmp_path)
-    md = render.render_md(MATRIX, loaded)
+    assert "_run" not in loaded
+    md = render.render_md(MATRIX, loaded, render.load_run(tmp_path))
     assert md.startswith("<!-- GENERATED") and "run `R1`" in md
+    assert "Wall time of `nox -s ci` for this run: 20m00s (3 sessions, unit included, 2 at a time" in md
     assert "**FAILED**" in md and "tests/x.py::test_y" in md and "not run" in md
     assert "| 9.0.0 | 9.0.0 | untested |" in md
     data = render.build_data(MATRIX, loaded)
