@@ -170,5 +170,21 @@ TRAINER_TOTAL_BATCH = Patch(
     watch=("transformers.trainer:Trainer.get_total_train_batch_size",),
 )
 
+TRAINER_NUM_ITEMS = Patch(
+    id="trainer-num-items",
+    target="transformers.trainer:Trainer.get_batch_samples",
+    dist="transformers",
+    floor="4.56.0",
+    fixed_in="5.23.0",
+    summary="ring mode, average_tokens_across_devices=False: divide the target count by cp exactly",
+    variants=(Variant("exact-cp-division", {"transformers": ">=4.56,<5.23"}, {"transformers": "5.22.2"},
+                      "cpshim.patches.trainer_num_items:exact_count",
+                      info={"keeps": "upstream's batches and target count",
+                            "turns_off": "floor division of the count by the ranks sharing a batch"}),),
+    watch=("transformers.trainer:Trainer.get_batch_samples",
+           "transformers.trainer:Trainer._get_num_items_in_batch"),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
-                     STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH))
+                     STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
+                     TRAINER_NUM_ITEMS))

@@ -31,6 +31,9 @@ CASES = [
     {"id": "contiguous-b2", "strategy": "contiguous", "batch": 2, "seq_len": 64, "steps": 2},
     {"id": "varlen-packed", "strategy": "varlen", "batch": 2, "seq_len": 64, "steps": 2, "packed": True},
     {"id": "zigzag-ga2", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2, "grad_accum": 2},
+    # average_tokens_across_devices=False with 63 targets per row: 4.56-5.22 floor-divide the count by cp
+    {"id": "avg-tokens-off-odd", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 2,
+     "average_tokens": False, "odd_targets": True},
     {"id": "zigzag-eval", "strategy": "zigzag", "batch": 2, "seq_len": 64, "steps": 1, "eval": True},
     {"id": "zigzag-resume", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 4, "resume": True},
     {"id": "different-batches", "strategy": "zigzag", "batch": 1, "seq_len": 64, "steps": 1, "rank_seeded": True},

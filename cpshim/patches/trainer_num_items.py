@@ -1,0 +1,55 @@
+"""`num_items_in_batch` under ring CP with `average_tokens_across_devices=False` (4.56-5.22).
+
+Upstream divides the local target count by the number of ranks sharing a batch with floor
+division, so a count that cp does not divide gives each rank a wrong loss scale (1.6 % at 63 targets
+and cp=2). 5.23 switched to true division. In ring mode cpshim computes the same count with CP
+hidden from upstream's function, then divides exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..modes import RING, cp_owned
+
+
+class _NoParallelismAccelerator:
+    parallelism_config = None
+
+    def __init__(self, accelerator: Any) -> None:
+        object.__setattr__(self, "_accelerator", accelerator)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._accelerator, name)
+
+
+class _TrainerWithoutCP:
+    """The Trainer as upstream's counting code sees it: no parallelism config. Methods bind to the view
+    (so `get_cp_size()` and friends read the view's accelerator); everything else is the Trainer's."""
+
+    def __init__(self, trainer: Any) -> None:
+        object.__setattr__(self, "_trainer", trainer)
+        object.__setattr__(self, "accelerator", _NoParallelismAccelerator(trainer.accelerator))
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(type(self._trainer), name, None)
+        if callable(attr) and hasattr(attr, "__get__") and not isinstance(attr, property):
+            return attr.__get__(self, type(self._trainer))
+        return getattr(self._trainer, name)
+
+
+def _applies(call: Any, trainer: Any) -> Any:
+    pc = getattr(trainer.accelerator, "parallelism_config", None)
+    if call.mode != RING or not cp_owned(pc) or getattr(trainer.args, "average_tokens_across_devices", True):
+        return None
+    return pc
+
+
+def exact_count(call: Any, trainer: Any, epoch_iterator: Any, num_batches: int, *args: Any) -> Any:
+    """`get_batch_samples` (4.56-5.22; from 4.57 it delegates to `_get_num_items_in_batch`, which binds to
+    the same view). Keeps: upstream's batches and count. Turns off: the floor division by cp."""
+    pc = _applies(call, trainer)
+    if pc is None:
+        return call.original(epoch_iterator, num_batches, *args)
+    batches, count = call.original.__func__(_TrainerWithoutCP(trainer), epoch_iterator, num_batches, *args)
+    return batches, None if count is None else count / pc.non_data_parallel_size
