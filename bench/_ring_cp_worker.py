@@ -1,0 +1,149 @@
+"""One process of bench/bench_ring_cp.py: a cpshim parity run (`cpshim.ring.parity.run_case`), instrumented.
+
+    from bench._ring_cp_worker import main; main(cp, seq_len, steps, out_dir, hidden=None)
+
+cp=1 is the single process with the same kernel provider and dtype (parity's `cpshim_reference`
+attention key); cp=2 is one rank of a ring CP group (launched by `cpshim.ring.launch.run_ranks`).
+The Trainer itself is built by `run_case` (with `hidden`, parity's config gets another hidden size);
+this module only adds measurements to it:
+
+- memory: at `on_train_begin` (torch/transformers/cpshim imported, model and Trainer built, before the
+  first step) it records VmRSS and resets the kernel's high-water mark (`/proc/self/clear_refs` 5);
+  after training it reads VmHWM. Peak minus post-import RSS is therefore the training's own peak.
+  Without a writable clear_refs it falls back to ru_maxrss (which also covers import-time peaks).
+- time: `on_step_begin`..`on_step_end` is one step (forward, backward, optimizer). cpshim's hook is the
+  Trainer's `_prepare_context_parallel_inputs` as patched in ring mode (cpshim's dispatch, upstream's
+  full-length key preparation, checks, padding, sharding, the same-batch all_gather), timed per call
+  with perf_counter around the bound method; the per-step tripwires that run outside it
+  (`check_local_length` per attention call, `check_all_ran` at the end of the step context) are
+  timed too and added.
+
+Writes `<out_dir>/<cp>-<rank>.json`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import resource
+import time
+from typing import Any
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) if m else -1
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _Timer:
+    """Wraps a callable; accumulates perf_counter seconds into `self.acc[key]`."""
+
+    def __init__(self) -> None:
+        self.acc: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, key: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.acc[key] = self.acc.get(key, 0.0) + time.perf_counter() - t0
+                self.calls[key] = self.calls.get(key, 0) + 1
+
+        timed.__wrapped__ = fn  # type: ignore[attr-defined]
+        return timed
+
+    def take(self) -> tuple[dict[str, float], dict[str, int]]:
+        acc, calls = self.acc, self.calls
+        self.acc, self.calls = {}, {}
+        return acc, calls
+
+
+def _with_hidden(parity: Any, hidden: int) -> None:
+    """Parity's tiny Llama with another hidden size (intermediate 2x, 4 heads / 2 kv heads kept)."""
+    base = parity._config
+
+    def config() -> Any:
+        c = base()
+        c.hidden_size, c.intermediate_size = hidden, 2 * hidden
+        c.head_dim = hidden // c.num_attention_heads
+        return c
+
+    parity._config = config  # run_case looks it up at call time
+
+
+def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None) -> None:
+    import torch
+    import transformers
+    from transformers import TrainerCallback
+
+    import cpshim  # noqa: F401  (imported before the post-import measurement, as a user would)
+    from cpshim.ring import parity, tripwires
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if hidden:
+        _with_hidden(parity, hidden)
+    timer = _Timer()
+    rec: dict[str, Any] = {"cp": cp, "seq_len": seq_len, "steps": []}
+    # checks that run outside the hook, looked up as module attributes at call time
+    tripwires.check_local_length = timer.wrap("check_local_length", tripwires.check_local_length)
+    tripwires.check_all_ran = timer.wrap("check_all_ran", tripwires.check_all_ran)
+    tripwires.check_same_batch = timer.wrap("check_same_batch", tripwires.check_same_batch)  # inside the hook
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            gc.collect()
+            rec["post_import_rss_kib"] = _status_kib("VmRSS")
+            rec["hwm_reset"] = _reset_hwm()
+            rec["ru_maxrss_at_begin_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.take()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            dt = time.perf_counter() - self.t0
+            acc, calls = timer.take()
+            rec["steps"].append({"step_s": dt, "parts_s": acc, "calls": calls})
+
+    original_train = transformers.Trainer.train
+
+    def train(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self.add_callback(Probe())
+        if cp > 1:  # the instance attribute shadows (and calls) the class's patched method
+            bound = type(self)._prepare_context_parallel_inputs.__get__(self)
+            self._prepare_context_parallel_inputs = timer.wrap("hook", bound)
+        return original_train(self, *args, **kwargs)
+
+    transformers.Trainer.train = train
+    case = {"id": "bench", "strategy": "zigzag", "batch": 1, "seq_len": seq_len, "steps": steps,
+            "output_dir": os.path.join(out_dir, f"trainer-{cp}")}
+    t0 = time.perf_counter()
+    result = parity.run_case(case, cp)
+    rec["run_case_s"] = time.perf_counter() - t0
+    rec["peak_rss_kib"] = _status_kib("VmHWM") if rec.get("hwm_reset") else resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss
+    rec["final_rss_kib"] = _status_kib("VmRSS")
+    rec["losses"] = result["losses"]
+    rec["rank"] = result["rank"]
+    with open(os.path.join(out_dir, f"{cp}-{result['rank']}.json"), "w") as f:
+        json.dump(rec, f)
+    if cp > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

@@ -1,0 +1,181 @@
+"""Ring CP memory and hook-overhead benchmark (issue 5, "Benchmarks"), on this CPU.
+
+    PYTHONPATH=. python bench/bench_ring_cp.py [--seq-len 16384] [--steps 2]
+    PYTHONPATH=. python bench/bench_ring_cp.py --seq-len 4096,16384     # several lengths, one table each
+    diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out)
+
+The run is cpshim's parity run (`cpshim.ring.parity.run_case`: the tiny Llama of the parity tests,
+copy-task data, HF Trainer, SGD, batch 1, zigzag) at a long sequence, twice:
+  * one process, attention through parity's `cpshim_reference` key (same kernel provider, bf16 compute);
+  * ring CP=2: two gloo ranks on loopback (`cpshim.ring.launch.run_ranks`), `cpshim.enable("zigzag")`.
+Every process runs with OMP_NUM_THREADS=1, the single process first, then the two ranks (never together).
+bench/_ring_cp_worker.py says exactly what is measured. Targets:
+  * peak RSS minus post-import RSS per rank <= 0.6x the single process's;
+  * cpshim's hook (the patched `Trainer._prepare_context_parallel_inputs`, checks included, plus the
+    per-step tripwires outside it) <= 2 % of a training step.
+A MISS is reported, not failed: the exit status is 0 unless a run crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MEM_TARGET = 0.6
+HOOK_TARGET = 0.02
+CHECKS_OUTSIDE = ("check_local_length", "check_all_ran")
+
+
+OPTS: dict = {"hidden": None, "mmap_threshold": None}  # set from the command line
+
+
+def _code(cp: int, seq: int, steps: int, out: str) -> str:
+    return f"from bench._ring_cp_worker import main; main({cp}, {seq}, {steps}, {out!r}, hidden={OPTS['hidden']!r})"
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("CPSHIM_POLICY", None)
+    if OPTS["mmap_threshold"] is not None:  # glibc: a fixed threshold, so freed large blocks leave RSS
+        env["MALLOC_MMAP_THRESHOLD_"] = str(OPTS["mmap_threshold"])
+    return env
+
+
+def run_single(seq: int, steps: int, out: str, timeout: int) -> dict:
+    p = subprocess.run([sys.executable, "-c", _code(1, seq, steps, out)], env=_env(), cwd=str(ROOT),
+                       capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"single process exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-6000:]}")
+    with open(os.path.join(out, "1-0.json")) as f:
+        return json.load(f)
+
+
+def run_ring(seq: int, steps: int, out: str, timeout: int) -> list[dict]:
+    from cpshim.ring.launch import run_ranks
+
+    run_ranks(_code(2, seq, steps, out), 2, env=_env(), timeout=timeout, cwd=str(ROOT))
+    ranks = []
+    for r in range(2):
+        with open(os.path.join(out, f"2-{r}.json")) as f:
+            ranks.append(json.load(f))
+    return ranks
+
+
+def _mib(kib: float) -> float:
+    return kib / 1024
+
+
+def _extra(rec: dict) -> float:
+    return _mib(rec["peak_rss_kib"] - rec["post_import_rss_kib"])
+
+
+def _hook_s(step: dict) -> float:
+    parts = step["parts_s"]
+    return parts.get("hook", 0.0) + sum(parts.get(k, 0.0) for k in CHECKS_OUTSIDE)
+
+
+def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[float, float]) -> dict:
+    cols = [("1 process", single)] + [(f"cp=2 rank {r['rank']}", r) for r in ring]
+    w = 14
+    line = lambda label, vals: print(f"  {label:<48}" + "".join(f"{v:>{w}}" for v in vals))  # noqa: E731
+    print(f"\n== sequence {seq}, batch 1, {steps} SGD step(s) ==")
+    line("", [c[0] for c in cols])
+    line("post-import RSS (MiB)", [f"{_mib(r['post_import_rss_kib']):.1f}" for _, r in cols])
+    line("peak RSS (MiB)", [f"{_mib(r['peak_rss_kib']):.1f}" for _, r in cols])
+    line("peak - post-import (MiB)", [f"{_extra(r):.1f}" for _, r in cols])
+    for i in range(steps):
+        line(f"step {i + 1} wall (s)", [f"{r['steps'][i]['step_s']:.2f}" for _, r in cols])
+    for i in range(steps):
+        line(f"step {i + 1} hook, all (ms)", ["-"] + [f"{_hook_s(r['steps'][i]) * 1e3:.2f}" for r in ring])
+        line("  patched _prepare_context_parallel_inputs (ms)",
+             ["-"] + [f"{r['steps'][i]['parts_s'].get('hook', 0) * 1e3:.2f}" for r in ring])
+        line("    of which check_same_batch (ms)",
+             ["-"] + [f"{r['steps'][i]['parts_s'].get('check_same_batch', 0) * 1e3:.2f}" for r in ring])
+        line("  tripwires outside hook (ms)",
+             ["-"] + [f"{sum(r['steps'][i]['parts_s'].get(k, 0) for k in CHECKS_OUTSIDE) * 1e3:.3f}" for r in ring])
+        line(f"step {i + 1} hook share (%)",
+             ["-"] + [f"{100 * _hook_s(r['steps'][i]) / r['steps'][i]['step_s']:.3f}" for r in ring])
+    for i in range(steps):
+        line(f"step {i + 1} loss", [f"{r['losses'][i]:.6f}" for _, r in cols])
+    line("process wall (s)", [f"{walls[0]:.1f}", f"{walls[1]:.1f}", "(both ranks)"])
+
+    ratio = max(_extra(r) for r in ring) / _extra(single)
+    share_all = max(sum(_hook_s(s) for s in r["steps"]) / sum(s["step_s"] for s in r["steps"]) for r in ring)
+    share_worst = max(_hook_s(s) / s["step_s"] for r in ring for s in r["steps"])
+    loss_err = max(abs(a - b) / abs(a) for r in ring for a, b in zip(single["losses"], r["losses"]))
+    hwm = all(r.get("hwm_reset") for _, r in cols)
+    print(f"  peak source: {'VmHWM reset at on_train_begin' if hwm else 'ru_maxrss (clear_refs unavailable)'}; "
+          "post-import = VmRSS at on_train_begin (model + Trainer built, before step 1)")
+    mem_ok = ratio <= MEM_TARGET
+    hook_ok = share_all <= HOOK_TARGET
+    print(f"  memory: cp=2 per rank / 1 process = {ratio:.3f}x (worst rank; "
+          f"{max(_extra(r) for r in ring):.1f} / {_extra(single):.1f} MiB), target <= {MEM_TARGET}x: "
+          f"{'OK' if mem_ok else 'MISS'}")
+    print(f"  hook:   {100 * share_all:.3f} % of step time (worst rank, all {steps} steps summed; worst single step "
+          f"{100 * share_worst:.3f} %), target <= {100 * HOOK_TARGET:g} %: {'OK' if hook_ok else 'MISS'}")
+    print(f"  (sanity) loss rel. diff cp=2 vs 1 process: {loss_err:.2e}")
+    return {"seq": seq, "mem_ratio": ratio, "hook_share": share_all, "hook_share_worst_step": share_worst,
+            "mem_ok": mem_ok, "hook_ok": hook_ok, "loss_rel_diff": loss_err}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seq-len", default="16384", help="sequence length(s), comma-separated (default 16384)")
+    ap.add_argument("--steps", type=int, default=2, help="SGD steps per run (default 2)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per launch")
+    ap.add_argument("--hidden", type=int, help="diagnostic: parity's tiny Llama with this hidden size "
+                    "(intermediate 2x; default: parity's own config)")
+    ap.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
+                    help="diagnostic: set glibc MALLOC_MMAP_THRESHOLD_ in every process (default: glibc's "
+                         "dynamic threshold, i.e. what a user gets)")
+    a = ap.parse_args()
+    OPTS.update(hidden=a.hidden, mmap_threshold=a.malloc_mmap_threshold)
+    seqs = [int(s) for s in a.seq_len.split(",")]
+    from cpshim.ring import parity
+
+    cfg = parity._config()
+    hidden = a.hidden or cfg.hidden_size
+    print(f"cpshim ring CP benchmark: tiny Llama ({'parity config' if not a.hidden else 'parity config, --hidden'}: "
+          f"hidden {hidden}, intermediate {2 * hidden if a.hidden else cfg.intermediate_size}, "
+          f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads, "
+          f"vocab {cfg.vocab_size}), copy task, zigzag, reference provider, bf16 attention compute, "
+          f"optim SGD, OMP_NUM_THREADS=1 per process"
+          + (f", MALLOC_MMAP_THRESHOLD_={a.malloc_mmap_threshold}" if a.malloc_mmap_threshold is not None else ""))
+    results, failed = [], False
+    t_start = time.perf_counter()
+    for seq in seqs:
+        out = tempfile.mkdtemp(prefix=f"cpshim-bench-cp-{seq}-")
+        try:
+            t0 = time.perf_counter()
+            single = run_single(seq, a.steps, out, a.timeout)
+            t1 = time.perf_counter()
+            ring = run_ring(seq, a.steps, out, a.timeout)
+            t2 = time.perf_counter()
+        except Exception as e:  # a crash is an error, not a MISS: show it whole
+            print(f"\n== sequence {seq}: FAILED ==\n{type(e).__name__}: {e}")
+            failed = True
+            continue
+        results.append(report(seq, a.steps, single, ring, (t1 - t0, t2 - t1)))
+    print("\nsummary:")
+    print(f"  {'seq':>6}  {'mem ratio':>10}  {'':>4}  {'hook share':>11}  {'':>4}")
+    for r in results:
+        print(f"  {r['seq']:>6}  {r['mem_ratio']:>9.3f}x  {'OK' if r['mem_ok'] else 'MISS':>4}  "
+              f"{100 * r['hook_share']:>10.3f}%  {'OK' if r['hook_ok'] else 'MISS':>4}")
+    print(f"  targets: memory <= {MEM_TARGET}x, hook <= {100 * HOOK_TARGET:g} %; total wall "
+          f"{time.perf_counter() - t_start:.0f} s")
+    print("RESULT=" + json.dumps(results))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
