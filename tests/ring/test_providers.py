@@ -121,7 +121,7 @@ def _tol(ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("b,sq,sk,h,hk,d,causal", CASES)
 def test_reference_matches_sdpa_math_fp32(b, sq, sk, h, hk, d, causal, monkeypatch):
-    monkeypatch.setattr(ref_mod, "BLOCK_BYTES", 4096)  # force many query blocks (16-row minimum)
+    monkeypatch.setattr(ref_mod, "BLOCK_ROWS", 16)  # force many query blocks
     torch.manual_seed(1)
     q = torch.randn(b, sq, h, d, requires_grad=True)
     k = torch.randn(b, sk, hk, d, requires_grad=True)
@@ -146,7 +146,7 @@ def test_reference_matches_sdpa_math_fp32(b, sq, sk, h, hk, d, causal, monkeypat
 
 
 def test_reference_varlen_matches_sdpa_math_fp32(monkeypatch):
-    monkeypatch.setattr(ref_mod, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ref_mod, "BLOCK_ROWS", 16)
     torch.manual_seed(2)
     lens_q, lens_k = [5, 0, 17, 9, 30], [8, 3, 17, 20, 30]
     cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)

@@ -18,8 +18,10 @@ from ..errors import UnsupportedAttentionError
 from ._common import check_supported, resolve_scale, round_multiple, varlen_softmax_d
 
 NAME = "reference"
-# Budget for one block's score-sized temporaries (scores, probabilities, their gradient).
-BLOCK_BYTES = 64 << 20
+# Query rows per block. A fixed row count (not a byte budget) keeps the score-sized temporaries
+# proportional to the key length, so a CP rank, which sees 1/cp of the keys per ring step, needs
+# 1/cp of a single process's working memory.
+BLOCK_ROWS = 128
 
 
 def flash_attn_ge_2_1() -> bool:
@@ -42,10 +44,6 @@ def _kv(x: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
     """(b, s, hk, d) -> contiguous (b, hk, s, d)."""
     return x.permute(0, 2, 1, 3).to(cdt, copy=True, memory_format=torch.contiguous_format)
 
-
-def _rows_per_block(b: int, h: int, sk: int, cdt: torch.dtype) -> int:
-    per_row = 2 * b * h * max(sk, 1) * torch.finfo(cdt).bits // 8
-    return max(16, BLOCK_BYTES // per_row)
 
 
 def _block(x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
@@ -88,7 +86,7 @@ def _dense_forward(q, k, v, scale: float, causal: bool):
     lse = torch.full((b, hk, g, sq), float("inf"), dtype=torch.float32, device=q.device)
     qh, kh, vh = _heads(q, hk, cdt, scale), _kv(k, cdt), _kv(v, cdt)
     offset = sk - sq
-    step = _rows_per_block(b, h, sk, cdt)
+    step = BLOCK_ROWS
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
         kmax = _limit(i1, offset, sk, causal)
@@ -121,7 +119,7 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
     dv_acc = torch.zeros((b, hk, sk, v.shape[-1]), dtype=cdt, device=q.device)
     dq_v = dq.view(b, sq, hk, g, d) if dq.is_contiguous() else None
     offset = sk - sq
-    step = _rows_per_block(b, h, sk, cdt)
+    step = BLOCK_ROWS
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
         rows = g * (i1 - i0)
