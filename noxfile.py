@@ -201,7 +201,11 @@ def tests(session: nox.Session, cell: dict) -> None:
                                "total_s": round(time.monotonic() - started, 1)})
         raise
     installed = time.monotonic()
-    _pytest(session, path, "cell", cell["id"], cell["suite"], SUITES[cell["suite"]])
+    args = SUITES[cell["suite"]]
+    if cell.get("also"):
+        paths = [a for a in args if a.startswith("tests")]
+        args = [*paths, *cell["also"], *args[len(paths):]]
+    _pytest(session, path, "cell", cell["id"], cell["suite"], args)
     done = time.monotonic()
     data = _annotate(path, kind="cell", timing={"install_s": round(installed - started, 1),
                                                 "pytest_s": round(done - installed, 1),

@@ -30,7 +30,7 @@ COMPAT = ROOT / "compat_matrix" / "COMPAT.md"
 DATA = ROOT / "cpshim" / "_data" / "matrix.json"
 DATA_SCHEMA = 1
 NONE = "none"  # expectation: no variant applies
-STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "suite", "why", "expect")
+STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "suite", "also", "why", "expect")
 SUITES = ("full", "smoke")
 MARK = {"passed": "passed", "failed": "**FAILED**", "untested": "untested", "unsupported": "**unsupported**",
         "not-run": "not run"}
@@ -66,12 +66,15 @@ def load_matrix(path: Path = MATRIX) -> dict[str, Any]:
         if cid in seen:
             raise MatrixError(f"{where}: duplicate cell {cid}")
         seen.add(cid)
-        extra = set(cell) - {"transformers", "accelerate", "suite", "why", "expect"}
+        also = cell.get("also", [])
+        if not isinstance(also, list) or not all(isinstance(a, str) and a for a in also):
+            raise MatrixError(f"{where}: `also` must be a list of test paths")
+        extra = set(cell) - {"transformers", "accelerate", "suite", "also", "why", "expect"}
         if extra:
             raise MatrixError(f"{where}: unknown keys {sorted(extra)}")
         cells.append({"id": cid, "transformers": cell["transformers"], "accelerate": cell["accelerate"],
-                      "python": raw["python"], "torch": raw["torch"], "suite": cell["suite"], "why": cell["why"],
-                      "expect": dict(expect)})
+                      "python": raw["python"], "torch": raw["torch"], "suite": cell["suite"], "also": list(also),
+                      "why": cell["why"], "expect": dict(expect)})
     if not cells:
         raise MatrixError(f"{path}: no [[cell]]")
     return {**{k: v for k, v in raw.items() if k != "cell"}, "cells": cells}
