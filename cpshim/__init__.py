@@ -7,7 +7,9 @@ shards with ring-flash-attn (mode `ring`), `revert()` undoes everything, `report
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 from . import lifecycle as _lifecycle
 from . import modes as _modes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 
 class CpshimWarning(UserWarning):
@@ -29,12 +29,10 @@ class CpshimRuntimeError(CpshimError):
     """A patched call cannot do what was asked; the message names the cause and the fix."""
 
 
-class DependencyConflict(NamedTuple):
+class DependencyConflict(namedtuple("DependencyConflict", "dist required found")):
     """`dist` must satisfy `required`; `found` is the installed version string (None: not installed)."""
 
-    dist: str
-    required: str
-    found: str | None
+    __slots__ = ()
 
     def describe(self) -> str:
         return f"{self.dist} {self.found or '(not installed)'} (needs {self.dist}{self.required})"

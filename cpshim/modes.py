@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 from .errors import ConfigurationError
 

@@ -10,23 +10,26 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from .errors import CpshimWarning
 
 MARK = "__cpshim_patch__"
 _MISSING = object()
 
-# dispatch(patch_id, original_bound_callable, self, args, kwargs) -> result
-Dispatch = Callable[[str, Callable[..., Any], Any, tuple, dict], Any]
+if TYPE_CHECKING:  # dispatch(patch_id, original_bound_callable, self, args, kwargs) -> result
+    Dispatch = Callable[[str, Callable[..., Any], Any, tuple, dict], Any]
 
 
-class Installed(NamedTuple):
-    owner: Any
-    name: str
-    raw: Any
-    own: bool  # the attribute was in vars(owner) (restore) rather than inherited (delete)
-    wrapper: Any
+class Installed(namedtuple("Installed", "owner name raw own wrapper")):
+    """One installed wrapper: `raw` is the original class-dict entry; `own` says it was defined on
+    `owner` itself (revert restores it) rather than inherited (revert deletes cpshim's entry)."""
+
+    __slots__ = ()
 
 
 def resolve(module_name: str, attr_path: tuple[str, ...]) -> tuple[Any, str, Any, bool]:

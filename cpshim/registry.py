@@ -6,18 +6,20 @@ what-if mode) read the registry and evaluate selection for versions that are not
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from collections import namedtuple
 
-from packaging.version import Version
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Mapping
 
 from .errors import DependencyConflict, RegistrationError
-from .specs import Clause, InvalidRange, contains, parse
+from .specs import InvalidRange, Key, contains, parse, parse_range, release_key
 from .versions import VersionInfo
 
 SUPPORTED, UNTESTED, UNSUPPORTED = "supported", "untested", "unsupported"
 
 
-class Variant(NamedTuple):
+class Variant(namedtuple("Variant", "name requires ceiling impl info", defaults=({},))):
     """One implementation of a patch, valid for a range of upstream releases.
 
     `requires` maps distribution -> PEP 440 specifier; `ceiling` maps distribution -> newest release
@@ -25,34 +27,26 @@ class Variant(NamedTuple):
     when the patch is applied. `info` is copied into the report (e.g. which keys the hook adds).
     """
 
-    name: str
-    requires: Mapping[str, str]
-    ceiling: Mapping[str, str]
-    impl: str
-    info: Mapping[str, object] = {}
+    __slots__ = ()
 
-    def specifiers(self) -> dict[str, tuple[Clause, ...]]:
-        return {dist: parse(spec) for dist, spec in self.requires.items()}
+    def specifiers(self) -> dict[str, tuple[tuple[str, Key], ...]]:
+        return {dist: parse_range(spec) for dist, spec in self.requires.items()}
 
 
-class Patch(NamedTuple):
+_PATCH_FIELDS = "id target dist floor variants group watch summary follows_mode fixed_in"
+
+
+class Patch(namedtuple("Patch", _PATCH_FIELDS, defaults=(None, (), "", True, None))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
-    names the upgrade). `watch` lists the upstream code whose fingerprint must match a tested release
-    (`module:qualname`, or `module:qualname@name` for the statements of qualname that mention name).
+    names the upgrade). `fixed_in`: from this release on the patch is not needed. `group`: patches
+    that apply all-or-nothing. `watch` lists the upstream code whose fingerprint must match a tested
+    release (`module:qualname`, or `module:qualname@name`: the statements of qualname that mention
+    name). `follows_mode=False`: the wrapper runs in every mode and decides by its own state.
     """
 
-    id: str
-    target: str
-    dist: str
-    floor: str
-    variants: tuple[Variant, ...]
-    group: str | None = None
-    watch: tuple[str, ...] = ()
-    summary: str = ""
-    follows_mode: bool = True  # False: the wrapper runs in every mode (decides by its own state)
-    fixed_in: str | None = None  # first `dist` release that no longer needs the patch
+    __slots__ = ()
 
     @property
     def module(self) -> str:
@@ -63,28 +57,25 @@ class Patch(NamedTuple):
         return tuple(self.target.partition(":")[2].split("."))
 
 
-class Selection(NamedTuple):
+class Selection(namedtuple("Selection", "patch variant support reason needed conflicts",
+                           defaults=(True, ()))):
     """The outcome of selection for one patch: a variant or None, always with support and a reason."""
 
-    patch: Patch
-    variant: Variant | None
-    support: str
-    reason: str
-    needed: bool = True
-    conflicts: tuple[DependencyConflict, ...] = ()
+    __slots__ = ()
 
 
-def _match(spec: tuple[Clause, ...], info: VersionInfo) -> bool:
-    """Pre/dev/post/local builds are matched by their release (see README, "Version policy")."""
-    assert info.version is not None
-    return contains(spec, Version(info.version.base_version))
+def _release(info: VersionInfo) -> Key | None:
+    parsed = parse(info.raw) if info.raw is not None else None
+    return parsed[0] if parsed else None
 
 
 def _conflicts(variant: Variant, versions: Mapping[str, VersionInfo]) -> list[DependencyConflict]:
+    """Unmet requirements; pre/dev/post/local builds are matched by their release (README, "Version policy")."""
     out = []
     for dist, spec in variant.specifiers().items():
         info = versions.get(dist) or VersionInfo(dist, None)
-        if info.version is None or not _match(spec, info):
+        key = _release(info)
+        if key is None or not contains(spec, key):
             out.append(DependencyConflict(dist, variant.requires[dist], info.raw))
     return out
 
@@ -92,13 +83,14 @@ def _conflicts(variant: Variant, versions: Mapping[str, VersionInfo]) -> list[De
 def _untested_reason(variant: Variant, versions: Mapping[str, VersionInfo]) -> str | None:
     for dist, ceiling in variant.ceiling.items():
         info = versions[dist]
-        assert info.version is not None
-        if info.version.is_prerelease:
+        parsed = parse(info.raw) if info.raw is not None else None
+        assert parsed is not None
+        if parsed[1]:
             return (
                 f"{dist} {info.raw} is a pre-release build; variant {variant.name!r} was tested on releases "
                 f"up to {ceiling}: pin {dist}=={ceiling} for a tested setup"
             )
-        if Version(info.version.base_version) > Version(ceiling):
+        if parsed[0] > release_key(ceiling):
             return (
                 f"{dist} {info.raw} is newer than {ceiling}, the newest release variant {variant.name!r} "
                 f"was tested on: pin {dist}<={ceiling} or run `cpshim check` after upgrading cpshim"
@@ -111,20 +103,21 @@ def select(patch: Patch, versions: Mapping[str, VersionInfo]) -> Selection:
     own = versions.get(patch.dist) or VersionInfo(patch.dist, None)
     if own.raw is None:
         return Selection(patch, None, SUPPORTED, f"{patch.dist} is not installed: nothing to patch", False)
-    if own.version is None:
+    own_key = _release(own)
+    if own_key is None:
         return Selection(
             patch, None, UNSUPPORTED,
             f"{patch.dist} reports version {own.raw!r}, which is not a PEP 440 version: cpshim cannot tell "
             f"which code it runs; reinstall a released {patch.dist} (pip install --force-reinstall {patch.dist})",
         )
-    bad = [v for v in versions.values() if v.raw is not None and v.version is None]
-    if Version(own.version.base_version) < Version(patch.floor):
+    bad = [v for v in versions.values() if v.raw is not None and _release(v) is None]
+    if own_key < release_key(patch.floor):
         return Selection(
             patch, None, UNSUPPORTED,
             f"{patch.dist} {own.raw} has no {patch.target.partition(':')[2]} (added in {patch.floor}): "
             f"pip install -U '{patch.dist}>={patch.floor}'",
         )
-    if patch.fixed_in and Version(own.version.base_version) >= Version(patch.fixed_in):
+    if patch.fixed_in and own_key >= release_key(patch.fixed_in):
         return Selection(patch, None, SUPPORTED, f"not needed: fixed upstream in {patch.dist} {patch.fixed_in}", False)
     matching = [v for v in patch.variants if not _conflicts(v, versions)]
     if len(matching) > 1:
@@ -169,9 +162,9 @@ class Registry:
         for variant in patch.variants:
             try:
                 variant.specifiers()
-                Version(patch.floor)
-                Version(patch.fixed_in or patch.floor)
-                [Version(c) for c in variant.ceiling.values()]
+                release_key(patch.floor)
+                release_key(patch.fixed_in or patch.floor)
+                [release_key(c) for c in variant.ceiling.values()]
             except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e
             if ":" not in variant.impl:

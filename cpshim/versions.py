@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Iterable, Mapping, NamedTuple
+from collections import namedtuple
 
-from packaging.version import InvalidVersion, Version
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
+
 
 _META_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py\d[\d.]*)?\.(?:dist-info|egg-info)$")
 
@@ -21,14 +24,16 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-class VersionInfo(NamedTuple):
+class VersionInfo(namedtuple("VersionInfo", "dist raw")):
     """A distribution's raw version string (None: not installed) and its parsed form (None: invalid)."""
 
-    dist: str
-    raw: str | None
+    __slots__ = ()
 
     @property
-    def version(self) -> Version | None:
+    def version(self) -> Any:
+        """`packaging.version.Version`, or None when not installed or not PEP 440 (imports packaging)."""
+        from packaging.version import InvalidVersion, Version
+
         if self.raw is None:
             return None
         try:

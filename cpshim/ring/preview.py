@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Mapping
 
-from ..specs import contains, parse
+from ..specs import contains, parse, parse_range
 from ..versions import VersionInfo
 
 # ring-flash-attn 0.1.8's HF adapter imports this name from transformers.modeling_flash_attention_utils;
 # it is there in 4.51-5.3.0 only (5.4.0 has it nowhere, 5.5.0+ only in transformers.utils).
-GE_2_10_PRESENT = parse(">=4.51,<5.4")
+GE_2_10_PRESENT = parse_range(">=4.51,<5.4")
 
 
 def preview(versions: Mapping[str, VersionInfo]) -> dict[str, Any]:
@@ -26,10 +26,9 @@ def preview(versions: Mapping[str, VersionInfo]) -> dict[str, Any]:
     real = importlib.util.find_spec("flash_attn") is not None
     out["would_choose"] = ("flash_attn (installed)" if real else
                            "torch_cuda on CUDA devices, reference (pure torch) on CPU; flash_attn is not installed")
-    if t is not None and t.version is not None:
-        from packaging.version import Version
-
-        present = contains(GE_2_10_PRESENT, Version(t.version.base_version))
+    parsed = parse(t.raw) if t is not None and t.raw is not None else None
+    if parsed is not None:
+        present = contains(GE_2_10_PRESENT, parsed[0])
         out["import_shim"] = ([] if present else ["transformers.modeling_flash_attention_utils."
                                                  "is_flash_attn_greater_or_equal_2_10 (during the import only)"])
         if not real:
