@@ -7,10 +7,6 @@ shards with ring-flash-attn (mode `ring`), `revert()` undoes everything, `report
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing costs import time; annotations are strings here
-if TYPE_CHECKING:
-    from typing import Any
-
 from . import lifecycle as _lifecycle
 from . import modes as _modes
 from .errors import (
@@ -23,7 +19,10 @@ from .errors import (
     UnsupportedVersionError,
 )
 
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
 if TYPE_CHECKING:
+    from typing import Any
+
     from .records import PatchRecord, Report
 
 __version__ = "0.1.0"

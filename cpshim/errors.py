@@ -29,7 +29,7 @@ class CpshimRuntimeError(CpshimError):
     """A patched call cannot do what was asked; the message names the cause and the fix."""
 
 
-class DependencyConflict(namedtuple("DependencyConflict", "dist required found")):
+class DependencyConflict(namedtuple("DependencyConflict", ["dist", "required", "found"])):
     """`dist` must satisfy `required`; `found` is the installed version string (None: not installed)."""
 
     __slots__ = ()

@@ -80,6 +80,10 @@ import hashlib
 import inspect
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = [
     "NORMALISER", "ABSENT", "OPAQUE", "UNMENTIONED", "UNAVAILABLE", "MARKERS",
     "parse_component", "normalise", "source_hash", "parse_source", "ParsedSource",
@@ -248,7 +252,7 @@ def _header_contains(st: ast.AST, name: str) -> bool:
     return False
 
 
-def _touches(st: ast.AST, hits: frozenset | None) -> bool:
+def _touches(st: Any, hits: frozenset | None) -> bool:
     """Whether a statement's lines contain the name as text (a pre-filter; None: no filter)."""
     if hits is None:
         return True
@@ -304,7 +308,7 @@ def _with_users(stmts: list, bound: set, path: tuple, out: list) -> None:
             _with_users(block, bound, path + (header + "." + label,), out)
 
 
-def _mention_text(func: ast.AST, name: str, lines: list | None = None) -> str | None:
+def _mention_text(func: Any, name: str, lines: list | None = None) -> str | None:
     body = getattr(func, "body", None)
     if not isinstance(body, list):
         return None
@@ -671,7 +675,7 @@ def _function_node(func: object, mod: object) -> tuple[ast.AST, list]:
         return _parse_def("".join(inspect.getblock(lines[start:])))
 
 
-# --------------------------------------------------------------------------- # --------------------------------------------------------------------------- patches
+# --------------------------------------------------------------------------- patches
 
 def combine(components, hashes) -> str:
     """Fingerprint of a patch: its components (in catalog order) with their hashes, hashed together."""

@@ -17,19 +17,20 @@ from collections import namedtuple
 from . import modes, patching
 from .errors import ConfigurationError, CpshimWarning, UnsupportedVersionError
 from .patches.catalog import REGISTRY
-from .registry import SUPPORTED, UNSUPPORTED, UNTESTED, Patch, Registry, Selection, Variant, select
+from .registry import SUPPORTED, UNSUPPORTED, UNTESTED, Patch, Registry, Selection, select
 from .versions import VersionInfo, from_strings, installed
 
 TYPE_CHECKING = False  # typing costs import time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping
+
     from .records import PatchRecord, Report
 
 POLICIES = ("warn", "strict", "off")
 EXTRA_DISTS = ("torch", "ring-flash-attn")
 
 
-class Call(namedtuple("Call", "original mode variant patch_id settings")):
+class Call(namedtuple("Call", ["original", "mode", "variant", "patch_id", "settings"])):
     """What an implementation gets besides the upstream arguments: the bound upstream callable,
     the mode of the calling object, the selected variant, the patch id and the settings."""
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 import weakref
+
+from .errors import ConfigurationError
+
 TYPE_CHECKING = False  # typing costs import time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
-
-from .errors import ConfigurationError
 
 NATIVE, EXTERNAL, RING = "native", "external", "ring"
 MODES = (NATIVE, EXTERNAL, RING)

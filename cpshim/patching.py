@@ -12,11 +12,11 @@ import sys
 import warnings
 from collections import namedtuple
 
+from .errors import CpshimWarning
+
 TYPE_CHECKING = False  # typing costs import time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any, Callable
-
-from .errors import CpshimWarning
 
 MARK = "__cpshim_patch__"
 _MISSING = object()
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # dispatch(patch_id, original_bound_callable, self, args, kwa
     Dispatch = Callable[[str, Callable[..., Any], Any, tuple, dict], Any]
 
 
-class Installed(namedtuple("Installed", "owner name raw own wrapper")):
+class Installed(namedtuple("Installed", ["owner", "name", "raw", "own", "wrapper"])):
     """One installed wrapper: `raw` is the original class-dict entry; `own` says it was defined on
     `owner` itself (revert restores it) rather than inherited (revert deletes cpshim's entry)."""
 

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-TYPE_CHECKING = False  # typing costs import time; annotations are strings here
-if TYPE_CHECKING:
-    from typing import Mapping
-
 from .errors import DependencyConflict, RegistrationError
 from .specs import InvalidRange, Key, contains, parse, parse_range, release_key
 from .versions import VersionInfo
 
+TYPE_CHECKING = False  # typing costs import time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Mapping
+
 SUPPORTED, UNTESTED, UNSUPPORTED = "supported", "untested", "unsupported"
 
 
-class Variant(namedtuple("Variant", "name requires ceiling impl info", defaults=({},))):
+class Variant(namedtuple("Variant", ["name", "requires", "ceiling", "impl", "info"], defaults=({},))):
     """One implementation of a patch, valid for a range of upstream releases.
 
     `requires` maps distribution -> PEP 440 specifier; `ceiling` maps distribution -> newest release
@@ -33,10 +33,8 @@ class Variant(namedtuple("Variant", "name requires ceiling impl info", defaults=
         return {dist: parse_range(spec) for dist, spec in self.requires.items()}
 
 
-_PATCH_FIELDS = "id target dist floor variants group watch summary follows_mode fixed_in"
-
-
-class Patch(namedtuple("Patch", _PATCH_FIELDS, defaults=(None, (), "", True, None))):
+class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "group", "watch", "summary",
+                                 "follows_mode", "fixed_in"], defaults=(None, (), "", True, None))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
@@ -57,7 +55,7 @@ class Patch(namedtuple("Patch", _PATCH_FIELDS, defaults=(None, (), "", True, Non
         return tuple(self.target.partition(":")[2].split("."))
 
 
-class Selection(namedtuple("Selection", "patch variant support reason needed conflicts",
+class Selection(namedtuple("Selection", ["patch", "variant", "support", "reason", "needed", "conflicts"],
                            defaults=(True, ()))):
     """The outcome of selection for one patch: a variant or None, always with support and a reason."""
 

@@ -24,7 +24,7 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-class VersionInfo(namedtuple("VersionInfo", "dist raw")):
+class VersionInfo(namedtuple("VersionInfo", ["dist", "raw"])):
     """A distribution's raw version string (None: not installed) and its parsed form (None: invalid)."""
 
     __slots__ = ()

@@ -26,7 +26,8 @@ TRAINER_CP_INPUTS = Patch(
             requires=_T4,
             ceiling={"transformers": "4.57.6", "accelerate": ACCELERATE_CEILING},
             impl="cpshim.patches.trainer_cp_inputs:relax_guard",
-            info={"adds_keys": ["position_ids", "shift_labels"], "keeps": "position_ids, shift_labels, causal-mask check",
+            info={"adds_keys": ["position_ids", "shift_labels"],
+                  "keeps": "position_ids, shift_labels, causal-mask check",
                   "turns_off": "SDPA-only guard, torch context_parallel partition"},
         ),
         Variant(

@@ -68,7 +68,7 @@ def bound_kernels() -> dict[str, dict[str, str]]:
 
 
 def _bound_provider() -> str | None:
-    kinds = set()
+    kinds: set[str] = set()
     for name, mod in list(sys.modules.items()):
         if mod is not None and (name == RING or name.startswith(RING + ".")):
             kinds.update(identify(mod.__dict__[n]) for n in FUNCTION_NAMES if n in mod.__dict__)
@@ -112,7 +112,13 @@ class _Patches:
         old = sys.modules.get(name, _ABSENT)
         sys.modules[name] = mod
         self.names.append(f"sys.modules[{name!r}]")
-        self._undo.append(lambda: sys.modules.pop(name, None) if old is _ABSENT else sys.modules.__setitem__(name, old))
+        def undo() -> None:
+            if old is _ABSENT:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old  # type: ignore[assignment]
+
+        self._undo.append(undo)
 
     def set_attr(self, owner: types.ModuleType, attr: str, value: Any) -> None:
         old = owner.__dict__.get(attr, _ABSENT)

@@ -95,7 +95,7 @@ def _skip_kv_exchange() -> None:
         step.ran.add(id(module))
         return attention(q, k, v, provider, softmax_scale=scaling).to(query.dtype).contiguous(), None
 
-    routing.ring_forward = local_only
+    routing.ring_forward = local_only  # type: ignore[assignment]
     assert runtime.loaded is not None
 
 
@@ -146,9 +146,10 @@ def run_case(case: dict, cp: int) -> dict:
         model.register_forward_pre_hook(capture, with_kwargs=True)
     recorder = _Recorder()
     args = TrainingArguments(
-        output_dir=case.get("output_dir") or tempfile.mkdtemp(prefix="cpshim-parity-"), per_device_train_batch_size=case["batch"],
-        per_device_eval_batch_size=case["batch"],
-        gradient_accumulation_steps=case.get("grad_accum", 1), max_steps=case["steps"], learning_rate=case.get("lr", 0.5),
+        output_dir=case.get("output_dir") or tempfile.mkdtemp(prefix="cpshim-parity-"),
+        per_device_train_batch_size=case["batch"], per_device_eval_batch_size=case["batch"],
+        gradient_accumulation_steps=case.get("grad_accum", 1), max_steps=case["steps"],
+        learning_rate=case.get("lr", 0.5),
         optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
         dataloader_drop_last=True, disable_tqdm=True,
@@ -194,7 +195,6 @@ def _losses(trainer: Any) -> list[float]:
 
 def _token_accuracy(prediction: Any) -> dict[str, float]:
     """Next-token accuracy from full-length logits; fails loudly if logits and labels disagree in length."""
-    import numpy as np
 
     logits, labels = prediction.predictions, prediction.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
@@ -212,7 +212,7 @@ def compare(reference: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> 
     for name, ref in reference["grads"].items():
         got = ring["grads"][name]
         grad_err[name] = float((got - ref).norm() / max(float(ref.norm()), 1e-12))
-    worst = max(grad_err, key=grad_err.get)
+    worst = max(grad_err, key=lambda name: grad_err[name])
     ok = (len(reference["losses"]) == len(ring["losses"]) and loss_err <= loss_rtol
           and grad_err[worst] <= grad_rtol and all(math.isfinite(x) for x in ring["losses"]))
     return {"ok": ok, "loss_rel_err": loss_err, "grad_rel_err_max": grad_err[worst], "worst_tensor": worst,

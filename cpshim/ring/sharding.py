@@ -39,7 +39,8 @@ def padded_length(seq_len: int, strategy: str, cp: int) -> int:
     return -(-seq_len // m) * m
 
 
-def shard_indices(seq_len: int, rank: int, cp: int, strategy: str, device: torch.device | str | None = None) -> torch.Tensor:
+def shard_indices(seq_len: int, rank: int, cp: int, strategy: str,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """Global positions held by `rank`, in local order (int64)."""
     _check(strategy, cp, rank)
     m = multiple_for(strategy, cp)

@@ -162,7 +162,8 @@ def _unshard_logits(step: Step):
         parts = [torch.empty_like(logits) for _ in range(step.cp)]
         dist.all_gather(parts, logits.contiguous(), group=step.group)
         full = sharding.unshard(parts, 1, step.cp, step.strategy)[:, : step.global_len - step.padding]
-        output["logits"] = full.reshape(*step.unshard_shape, *full.shape[2:])
+        batch, length = step.unshard_shape or (1, full.shape[1])
+        output["logits"] = full.reshape(batch, length, *full.shape[2:])
         return output
 
     return hook

@@ -43,8 +43,9 @@ class Provider:
 
 
 def _from_module(name: str, mod: Any, ge_2_1: bool, version: str | None = None) -> Provider:
-    fns = [getattr(mod, n) for n in FUNCTION_NAMES]
-    return Provider(name, *fns, flash_attn_ge_2_1=ge_2_1, version=version)
+    fns = dict(zip(("forward", "backward", "varlen_forward", "varlen_backward"),
+                   (getattr(mod, n) for n in FUNCTION_NAMES)))
+    return Provider(name, **fns, flash_attn_ge_2_1=ge_2_1, version=version)
 
 
 def reference_provider() -> Provider:

@@ -203,10 +203,10 @@ def _flash_attn_varlen_forward(
         for i in range(len(cq) - 1):
             if cq[i + 1] == cq[i]:
                 continue
-            o, l = _dense_forward(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
-                                  v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal))
+            o, lse_i = _dense_forward(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
+                                      v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal))
             out[cq[i]:cq[i + 1]] = o[0]
-            lse[:, cq[i]:cq[i + 1]] = l[0]
+            lse[:, cq[i]:cq[i + 1]] = lse_i[0]
     s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
     rng_state = torch.zeros((2,), dtype=torch.int64, device=q.device)
     return out, lse, s_dmask, rng_state
@@ -281,7 +281,8 @@ def _flash_attn_varlen_backward(
                     window_size_left=window_size_left, window_size_right=window_size_right,
                     causal=causal, seqlen_k=max_seqlen_k)
     if softmax_lse.dim() != 2:
-        raise ValueError(f"varlen softmax_lse must be (nheads, total_q) as in flash-attn 2.8, got {tuple(softmax_lse.shape)}")
+        raise ValueError("varlen softmax_lse must be (nheads, total_q) as in flash-attn 2.8, "
+                         f"got {tuple(softmax_lse.shape)}")
     dq, dk, dv = _buffers(q, k, v, dq, dk, dv)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
