@@ -32,7 +32,7 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "compat_matrix"))
-import render  # compat_matrix/render.py: matrix loading and judging, stdlib only
+import render  # noqa: E402 - compat_matrix/render.py: matrix loading and judging, stdlib only
 
 MATRIX = render.load_matrix()
 CELLS = MATRIX["cells"]
@@ -102,7 +102,8 @@ TORCH_CHECK = """
 import importlib.metadata as md, sys
 want = sys.argv[1]
 have = md.version("torch")
-cuda = sorted({d.metadata["Name"] for d in md.distributions() if (d.metadata["Name"] or "").lower().startswith("nvidia")})
+names = {(d.metadata["Name"] or "") for d in md.distributions()}
+cuda = sorted(n for n in names if n.lower().startswith("nvidia"))
 assert have.split("+")[0] == want.split("==")[1].split("+")[0], f"torch {have} installed, {want} required"
 assert not cuda, f"CUDA packages installed in a CPU session: {cuda}"
 print(f"torch {have}, no CUDA packages")
@@ -253,7 +254,8 @@ except Exception as e:
 else:
     ok = torch.cuda.is_available()
     print(json.dumps({"torch": torch.__version__, "cuda": ok, "cuda_version": torch.version.cuda,
-                      "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if ok else [],
+                      "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                                 if ok else [],
                       "why": None if ok else "torch.cuda.is_available() is False"}))
 """
 

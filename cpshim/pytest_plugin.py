@@ -10,7 +10,8 @@
   the patched upstream code (this imports the patched modules, once, after the tests), and the tests
   passed, failed and skipped. ``--cpshim-cell=ID`` / ``--cpshim-suite=NAME`` label it
   (env ``CPSHIM_CELL`` / ``CPSHIM_SUITE``); ``CPSHIM_RUN_ID`` / ``CPSHIM_RUN_COMMIT`` name the run.
-  ``CPSHIM_RESULT_FINGERPRINTS=0`` skips the fingerprints (and their imports). ``noxfile.py`` uses this for every cell; ``compat_matrix/render.py`` merges the files into COMPAT.md.
+  ``CPSHIM_RESULT_FINGERPRINTS=0`` skips the fingerprints (and their imports). ``noxfile.py`` uses this
+  for every cell; ``compat_matrix/render.py`` merges the files into COMPAT.md.
 """
 
 from __future__ import annotations

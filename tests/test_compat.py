@@ -296,7 +296,9 @@ def test_compat_imports_no_upstream_library():
     proc = run_python("""
         import json, sys
         import cpshim.compat as c
-        c.cells(); c.supported(transformers="5.10.4", accelerate="1.13.0"); c.supported(transformers="4.56.2", accelerate="1.10.1")
+        c.cells()
+        c.supported(transformers="5.10.4", accelerate="1.13.0")
+        c.supported(transformers="4.56.2", accelerate="1.10.1")
         print(json.dumps([m for m in ("torch", "transformers", "accelerate") if m in sys.modules]))
     """)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
