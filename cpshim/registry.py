@@ -34,11 +34,13 @@ class Variant(namedtuple("Variant", ["name", "requires", "ceiling", "impl", "inf
 
 
 class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "group", "watch", "summary",
-                                 "follows_mode", "fixed_in"], defaults=(None, (), "", True, None))):
+                                 "follows_mode", "fixed_in", "needed_from"],
+                       defaults=(None, (), "", True, None, None))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
-    names the upgrade). `fixed_in`: from this release on the patch is not needed. `group`: patches
+    names the upgrade). `fixed_in`: from this release on the patch is not needed; `needed_from`:
+    below this release the problem it fixes does not exist (not needed either). `group`: patches
     that apply all-or-nothing. `watch` lists the upstream code whose fingerprint must match a tested
     release (`module:qualname`, or `module:qualname@name`: the statements of qualname that mention
     name). `follows_mode=False`: the wrapper runs in every mode and decides by its own state.
@@ -109,6 +111,9 @@ def select(patch: Patch, versions: Mapping[str, VersionInfo]) -> Selection:
             f"which code it runs; reinstall a released {patch.dist} (pip install --force-reinstall {patch.dist})",
         )
     bad = [v for v in versions.values() if v.raw is not None and _release(v) is None]
+    if patch.needed_from and own_key < release_key(patch.needed_from):
+        return Selection(patch, None, SUPPORTED,
+                         f"not needed: the problem it fixes appeared in {patch.dist} {patch.needed_from}", False)
     if own_key < release_key(patch.floor):
         return Selection(
             patch, None, UNSUPPORTED,
@@ -162,6 +167,7 @@ class Registry:
                 variant.specifiers()
                 release_key(patch.floor)
                 release_key(patch.fixed_in or patch.floor)
+                release_key(patch.needed_from or patch.floor)
                 [release_key(c) for c in variant.ceiling.values()]
             except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e

@@ -186,6 +186,22 @@ TRAINER_NUM_ITEMS = Patch(
            "transformers.trainer:Trainer._get_num_items_in_batch"),
 )
 
+TRAINER_EVAL_NUM_ITEMS = Patch(
+    id="trainer-eval-num-items",
+    target="transformers.trainer:Trainer._get_num_items_in_batch",
+    dist="transformers",
+    floor="4.57.0",
+    needed_from="4.57.0",
+    fixed_in="5.16.0",
+    summary="ring mode: unsharded eval steps (before 5.16) count targets without dividing by cp",
+    variants=(Variant("undivided-when-unsharded", {"transformers": ">=4.57,<5.16"}, {"transformers": "5.15.1"},
+                      "cpshim.patches.trainer_num_items:eval_count_unsharded",
+                      info={"keeps": "upstream's count in training and outside ring mode",
+                            "turns_off": "division by cp for eval steps that prediction_step never shards"}),),
+    watch=("transformers.trainer:Trainer._get_num_items_in_batch",
+           "transformers.trainer:Trainer.prediction_step@_get_num_items_in_batch"),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
                      STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
-                     TRAINER_NUM_ITEMS))
+                     TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS))

@@ -53,3 +53,13 @@ def exact_count(call: Any, trainer: Any, epoch_iterator: Any, num_batches: int, 
         return call.original(epoch_iterator, num_batches, *args)
     batches, count = call.original.__func__(_TrainerWithoutCP(trainer), epoch_iterator, num_batches, *args)
     return batches, None if count is None else count / pc.non_data_parallel_size
+
+
+def eval_count_unsharded(call: Any, trainer: Any, batch_samples: Any, device: Any) -> Any:
+    """`_get_num_items_in_batch` in eval, 4.57-5.15: `prediction_step` divides the count by cp but never
+    shards (the hook joins eval in 5.16), so every rank computes the full loss and reports cp x the
+    single-process eval loss. In ring mode the count stays undivided for those unsharded eval steps."""
+    pc = getattr(trainer.accelerator, "parallelism_config", None)
+    if call.mode != RING or not cp_owned(pc) or getattr(getattr(trainer, "model", None), "training", True):
+        return call.original(batch_samples, device)
+    return call.original.__func__(_TrainerWithoutCP(trainer), batch_samples, device)

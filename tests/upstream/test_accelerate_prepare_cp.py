@@ -60,8 +60,14 @@ def test_passthrough_reaches_upstream(trainer, upstream, cp, case):
     cpshim.apply()
     if case == "native":
         cpshim.set_mode(acc, "native")
-    with code_runs(upstream["prepare_cp"]) as ran, pytest.raises(Exception):
-        acc._prepare_cp(trainer.model)
+    if case == "native" and ACCELERATE == Version("1.12.0"):
+        # upstream 1.12.0 returns at once without creating _cp_context (accelerate #3856)
+        with code_runs(upstream["prepare_cp"]) as ran:
+            assert acc._prepare_cp(trainer.model) == (trainer.model,)
+        assert "_cp_context" not in vars(acc)
+    else:
+        with code_runs(upstream["prepare_cp"]) as ran, pytest.raises(Exception):
+            acc._prepare_cp(trainer.model)
     assert upstream["prepare_cp"] in ran
 
 
