@@ -246,52 +246,75 @@ def latest(session: nox.Session) -> None:
 
 
 GPU_PROBE = """
-import json
+import json, os, sys
+out = {"python": sys.executable, "version": "%d.%d" % sys.version_info[:2]}
 try:
     import torch
 except Exception as e:
-    print(json.dumps({"torch": None, "why": f"torch does not import: {type(e).__name__}: {e}"}))
+    out.update(torch=None, cuda=False, why=f"torch does not import: {type(e).__name__}: {e}")
 else:
     ok = torch.cuda.is_available()
-    print(json.dumps({"torch": torch.__version__, "cuda": ok, "cuda_version": torch.version.cuda,
-                      "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                                 if ok else [],
-                      "why": None if ok else "torch.cuda.is_available() is False"}))
+    out.update(torch=torch.__version__, cuda=ok, cuda_version=torch.version.cuda,
+               site=os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__))),
+               devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if ok else [],
+               why=None if ok else "torch.cuda.is_available() is False")
+print("CPSHIM_GPU_PROBE=" + json.dumps(out))
 """
+GPU_PYTHON = os.environ.get("CPSHIM_GPU_PYTHON") or sys.executable
 
 
-@nox.session(python=os.environ.get("CPSHIM_GPU_PYTHON") or sys.executable, venv_backend="venv",
-             venv_params=["--system-site-packages"])
+def _gpu_probe() -> dict:
+    proc = subprocess.run([GPU_PYTHON, "-c", GPU_PROBE], capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CPSHIM_GPU_PROBE=")]
+    if not lines:
+        return {"cuda": False, "why": f"{GPU_PYTHON} did not run the probe: {proc.stderr.strip()[-500:]}"}
+    return json.loads(lines[-1].split("=", 1)[1])
+
+
+@nox.session(python=GPU_PYTHON, venv_backend="venv")
 def gpu(session: nox.Session) -> None:
-    """GPU-marked tests with the runner's own CUDA torch (never pinned or replaced here).
+    """GPU-marked tests with the runner's own CUDA torch (never pinned, installed or replaced here).
 
-    The venv sees the interpreter's site-packages (--system-site-packages), so the runner's torch is
-    used as is; pip gets a constraint `torch==<that version>` so nothing can swap it. Cell: the newest
-    matrix cell, or `nox -s gpu -- t4.56.2-a1.10.1`. Skips cleanly where CUDA is absent.
+    The torch of $CPSHIM_GPU_PYTHON (default: the interpreter running nox) is made visible to the
+    session's venv through a .pth file naming its site-packages, and pip gets the constraint
+    `torch==<that version>`, so nothing can swap it. Cell pins: the newest matrix cell, or
+    `nox -s gpu -- t4.56.2-a1.10.1`; other arguments go to pytest. Skips cleanly without CUDA
+    (CPSHIM_GPU_ALLOW_CPU=1 runs the plumbing anyway, for a dry run on a CPU machine).
     """
-    probe = json.loads(session.run("python", "-c", GPU_PROBE, silent=True).strip().splitlines()[-1])
-    if not probe.get("cuda"):
+    probe = _gpu_probe()
+    if not probe.get("cuda") and os.environ.get("CPSHIM_GPU_ALLOW_CPU") != "1":
         session.skip(f"gpu: no CUDA here ({probe['why']}); run on a CUDA runner, with CPSHIM_GPU_PYTHON "
                      "pointing at an interpreter whose torch has CUDA")
+    if not probe.get("torch"):
+        session.skip(f"gpu: {probe['why']}")
     ids = {c["id"]: c for c in CELLS}
     chosen = [a for a in session.posargs if a in ids]
     cell = ids[chosen[0]] if chosen else CELLS[-1]
     rest = [a for a in session.posargs if a not in ids]
+    purelib = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                          silent=True).strip().splitlines()[-1]
+    Path(purelib, "cpshim-runner-torch.pth").write_text(probe["site"] + "\n", encoding="utf-8")
     constraints = Path(session.create_tmp()) / "torch-constraint.txt"
     constraints.write_text(f"torch=={probe['torch']}\n", encoding="utf-8")
     session.install("-c", str(constraints), "-e", ".", *TEST_DEPS, f"transformers=={cell['transformers']}",
                     f"accelerate=={cell['accelerate']}", f"ring-flash-attn=={RING}")
+    session.run("python", "-c", "import torch, sys; assert torch.__version__ == sys.argv[1], torch.__version__; "
+                "print('gpu: torch', torch.__version__, 'from', torch.__file__)", probe["torch"])
     path = RESULTS / f"gpu-{cell['id']}.json"
     path.unlink(missing_ok=True)
     env = {**_env(session), "CPSHIM_RESULT": str(path), "CPSHIM_CELL": f"gpu-{cell['id']}",
            "CPSHIM_SUITE": "gpu", "CPSHIM_KIND": "gpu"}
-    session.log(f"gpu: {probe['devices']} torch {probe['torch']} (CUDA {probe['cuda_version']}), cell {cell['id']}")
-    code = session.run("pytest", "-rfE", "tests", "-m", "gpu", *rest, env=env,
-                       success_codes=[0, 5], silent=False)
+    session.log(f"gpu: {probe.get('devices')} torch {probe['torch']} (CUDA {probe.get('cuda_version')}), "
+                f"cell {cell['id']}")
+    try:
+        # `python -m`: packages the runner already has are not reinstalled here, so no console script
+        session.run("python", "-m", "pytest", "-rfE", "tests", "-m", "gpu", *rest, env=env, success_codes=[0, 5])
+    finally:
+        if path.exists():
+            _annotate(path, kind="gpu", gpu={k: probe.get(k) for k in ("torch", "cuda_version", "devices")})
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     if data.get("pytest", {}).get("exit") == 5:
         session.skip("gpu: no test is marked `gpu` in this checkout (pytest exit 5)")
-    del code
 
 
 @nox.session(python=False)

@@ -176,6 +176,9 @@ def judge(result: dict[str, Any] | None, cell: dict[str, Any] | None) -> tuple[s
         if py.get("exit") == 5:
             status = "failed"
             notes.append("pytest collected no tests (exit 5): the cell verified nothing")
+        elif py.get("exit") == 0 and not (py.get("counts") or {}).get("passed"):
+            status = "failed"
+            notes.append("no test passed (every test was skipped): the run verified nothing")
         elif py.get("exit") not in (0, None) or py.get("failed"):
             status = "failed"
             for f in py.get("failed") or []:

@@ -142,6 +142,10 @@ def _yanked() -> set[tuple[str, str]]:
             if isinstance(row, dict) and row.get("yanked")}
 
 
+def _needed(patch, release: str) -> bool:
+    return cpshim.report(versions={patch.dist: release})[patch.id].state != "not-needed"
+
+
 def test_every_fingerprint_group_has_a_full_cell():
     groups = _fingerprint_groups()
     if not groups:
@@ -155,9 +159,10 @@ def test_every_fingerprint_group_has_a_full_cell():
         lo = min(Version(c[patch.dist]) for c in CELLS)
         for fp, releases in groups[patch.id].items():
             usable = [r for r in releases if not Version(r).is_prerelease and (patch.dist, r) not in yanked
-                      and Version(r) >= lo]
+                      and Version(r) >= lo and _needed(patch, r)]
             if not usable:
-                continue  # only pre-releases, yanked releases or releases below the tested floor
+                continue  # only pre-releases, yanked releases, releases below the tested floor or
+                # releases on which the patch is not needed (fixed upstream: its code is never patched)
             cells = [c for c in CELLS if c[patch.dist] in releases]
             label = f"{patch.id} group {fp[:8]} ({patch.dist} {usable[0]}..{usable[-1]})"
             if not cells:
@@ -242,6 +247,10 @@ def test_render_judges_each_way_a_cell_can_fail(tmp_path):
     unmatched["patches"]["trainer-cp-inputs"]["fingerprint"] = {"matches": [], "reason": "differs"}
     assert render.judge(unmatched, c0)[0] == "untested"
     assert render.judge({"install": {"ok": False, "error": "no wheel"}}, c0)[0] == "failed"
+    skipped_only = _result(c0, pytest={"exit": 0, "counts": {"skipped": 4}, "passed": [], "failed": [],
+                                       "skipped": []})
+    assert render.judge(skipped_only, c0) == ("failed", ["no test passed (every test was skipped): "
+                                                         "the run verified nothing"])
 
     for key, data in results.items():
         (tmp_path / f"{key}.json").write_text(json.dumps(data), encoding="utf-8")
