@@ -86,3 +86,19 @@ def test_single_process_cp_is_a_clear_error(trainer, ring, batch):
 def test_kv_cache_is_refused(trainer, ring, batch):
     with pytest.raises(cpshim.CpshimRuntimeError, match="use_cache=False"):
         _prepare(trainer, trainer.model, {**batch, "use_cache": True})
+
+
+def test_keys_registered_after_enable_are_routed_per_lookup(ring):
+    """Hub kernels register at model load, after enable(): routing decides at each lookup."""
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def late_kernel(module, query, key, value, attention_mask, **kwargs):
+        return query.transpose(1, 2), None
+
+    AttentionInterface.register("late_hub_kernel", late_kernel)
+    for key in ("late_hub_kernel", "sdpa"):
+        routed = ALL_ATTENTION_FUNCTIONS[key]
+        assert routed is not late_kernel and routed.__wrapped__ is AttentionInterface._global_mapping[key]
+    cpshim.revert()
+    assert ALL_ATTENTION_FUNCTIONS["late_hub_kernel"] is late_kernel  # revert restores plain lookups
