@@ -73,7 +73,9 @@ def _run_identity() -> None:
         os.environ["CPSHIM_RUN_ID"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not os.environ.get("CPSHIM_RUN_COMMIT"):
         sha = _git("rev-parse", "--short=10", "HEAD") or "unknown"
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        # the run's own outputs do not make the tree dirty
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!compat_matrix/results",
+                     ":!compat_matrix/COMPAT.md", ":!cpshim/_data/matrix.json")
         os.environ["CPSHIM_RUN_COMMIT"] = sha + ("+dirty" if dirty else "")
 
 
