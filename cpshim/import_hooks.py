@@ -87,7 +87,3 @@ def cancel(name: str) -> None:
         if not _callbacks and _finder in sys.meta_path:
             sys.meta_path.remove(_finder)
 
-
-def watched() -> tuple[str, ...]:
-    with _lock:
-        return tuple(_callbacks)

@@ -101,10 +101,6 @@ def notice(kind: str, reason: str, **fields: Any) -> None:
             _notices.append(entry)
 
 
-def settings() -> Mapping[str, Any]:
-    return dict(_settings)
-
-
 # ---------------------------------------------------------------- call time
 
 def _dispatch(patch_id: str, original: Callable[..., Any], this: Any, args: tuple, kwargs: dict) -> Any:

@@ -186,13 +186,3 @@ class Registry:
     def dists(self) -> tuple[str, ...]:
         names = {p.dist for p in self} | {d for p in self for v in p.variants for d in v.requires}
         return tuple(sorted(names))
-
-    def groups(self) -> dict[str, tuple[Patch, ...]]:
-        out: dict[str, list[Patch]] = {}
-        for p in self:
-            if p.group:
-                out.setdefault(p.group, []).append(p)
-        return {k: tuple(v) for k, v in out.items()}
-
-    def select_all(self, versions: Mapping[str, VersionInfo]) -> dict[str, Selection]:
-        return {p.id: select(p, versions) for p in self}
