@@ -12,21 +12,10 @@ from typing import Any
 from .. import modes
 from ..errors import ConfigurationError
 from ..modes import cp_owned
+from .views import AttributeView
 
 # Where ring CP works but upstream's check only admits FSDP2 and multi-accelerator DDP.
 _RING_CAPABLE = ("MULTI_CPU", "DEEPSPEED")
-
-
-class _MultiDeviceView:
-    """The accelerator as `_validate_accelerator` sees it: multi-CPU / DeepSpeed count as multi-device."""
-
-    multi_device = True
-
-    def __init__(self, accelerator: Any) -> None:
-        object.__setattr__(self, "_accelerator", accelerator)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._accelerator, name)
 
 
 def relax_validation(call: Any, pc: Any, accelerator: Any) -> Any:
@@ -35,7 +24,7 @@ def relax_validation(call: Any, pc: Any, accelerator: Any) -> Any:
     if not cp_owned(pc) or modes.mode_for(accelerator) == modes.NATIVE:
         return call.original(accelerator)
     kind = getattr(getattr(accelerator, "distributed_type", None), "value", None)
-    view = _MultiDeviceView(accelerator) if kind in _RING_CAPABLE else accelerator
+    view = AttributeView(accelerator, multi_device=True) if kind in _RING_CAPABLE else accelerator
     return call.original(view)
 
 

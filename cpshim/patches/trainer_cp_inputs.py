@@ -12,33 +12,7 @@ import contextlib
 from typing import Any
 
 from ..modes import RING, cp_owned
-
-
-class _SdpaConfig:
-    """A read-only view of the model's config that reports `sdpa` to upstream's guard.
-
-    The user's config is never mutated; a DeepSpeed engine's `.config` (a dict, axolotl #3204) is
-    never read for the attention implementation.
-    """
-
-    _attn_implementation = "sdpa"
-
-    def __init__(self, config: Any) -> None:
-        object.__setattr__(self, "_config", config)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._config, name)
-
-
-class _GuardView:
-    """The model as upstream's guard sees it: `.config` reports sdpa, everything else is the model."""
-
-    def __init__(self, model: Any) -> None:
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "config", _SdpaConfig(model.config))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+from .views import AttributeView
 
 
 def _pc(trainer: Any) -> Any:
@@ -48,7 +22,10 @@ def _pc(trainer: Any) -> Any:
 def prepare_full_length(call: Any, trainer: Any, model: Any, inputs: dict) -> dict:
     """Run upstream's preparation (position_ids, shift_labels, causal-mask check) without its guard
     and without its partition; returns the inputs with full-length keys added."""
-    view = _GuardView(model) if hasattr(model, "config") else model
+    # The guard reads `model.config._attn_implementation`; the user's config is never mutated, and a
+    # DeepSpeed engine's `.config` (a dict, axolotl #3204) is never read for it.
+    view = AttributeView(model, config=AttributeView(model.config, _attn_implementation="sdpa")) \
+        if hasattr(model, "config") else model
     _context, inputs = call.original(view, inputs)
     return inputs
 

@@ -11,16 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..modes import RING, cp_owned
-
-
-class _NoParallelismAccelerator:
-    parallelism_config = None
-
-    def __init__(self, accelerator: Any) -> None:
-        object.__setattr__(self, "_accelerator", accelerator)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._accelerator, name)
+from .views import AttributeView
 
 
 class _TrainerWithoutCP:
@@ -29,7 +20,7 @@ class _TrainerWithoutCP:
 
     def __init__(self, trainer: Any) -> None:
         object.__setattr__(self, "_trainer", trainer)
-        object.__setattr__(self, "accelerator", _NoParallelismAccelerator(trainer.accelerator))
+        object.__setattr__(self, "accelerator", AttributeView(trainer.accelerator, parallelism_config=None))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(type(self._trainer), name, None)
