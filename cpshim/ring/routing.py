@@ -16,12 +16,17 @@ from . import runtime, tripwires
 
 _ATTENTION, _MASK = "AttentionInterface", "AttentionMaskInterface"
 _routed: dict[Any, Callable[..., Any]] = {}
+_kinds: dict[type, str | None] = {}
 
 
 def route(call: Any, interface: Any, key: Any) -> Any:
     """Impl of `attention-dispatch`: keeps every lookup's result; adds ring routing around it."""
     value = call.original(key)
-    kind = next((k.__name__ for k in type(interface).__mro__ if k.__name__ in (_ATTENTION, _MASK)), None)
+    cls = type(interface)
+    try:
+        kind = _kinds[cls]
+    except KeyError:  # once per interface class: this lookup runs for every attention layer call
+        kind = _kinds[cls] = next((k.__name__ for k in cls.__mro__ if k.__name__ in (_ATTENTION, _MASK)), None)
     if kind is None or not callable(value):
         return value
     try:
