@@ -141,9 +141,3 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
     rec["rank"] = result["rank"]
     with open(os.path.join(out_dir, f"{cp}-{result['rank']}.json"), "w") as f:
         json.dump(rec, f)
-    if cp > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""`num_items_in_batch` under ring CP with `average_tokens_across_devices=False` (4.56-5.22).
+"""`num_items_in_batch` under ring CP: training and eval counts that upstream divides wrongly by cp.
 
 Upstream divides the local target count by the number of ranks sharing a batch with floor
 division, so a count that cp does not divide gives each rank a wrong loss scale (1.6 % at 63 targets
@@ -36,21 +36,42 @@ def _applies(call: Any, trainer: Any) -> Any:
     return pc
 
 
+def _exact(call: Any, trainer: Any, pc: Any, *args: Any) -> Any:
+    """Upstream's count with CP hidden (`call.original`'s function run on the view), divided by cp exactly."""
+    out = call.original.__func__(_TrainerWithoutCP(trainer), *args)
+    count = out[1] if isinstance(out, tuple) else out
+    exact = None if count is None else count / pc.non_data_parallel_size
+    return (out[0], exact) if isinstance(out, tuple) else exact
+
+
 def exact_count(call: Any, trainer: Any, epoch_iterator: Any, num_batches: int, *args: Any) -> Any:
     """`get_batch_samples` (4.56-5.22; from 4.57 it delegates to `_get_num_items_in_batch`, which binds to
     the same view). Keeps: upstream's batches and count. Turns off: the floor division by cp."""
     pc = _applies(call, trainer)
     if pc is None:
         return call.original(epoch_iterator, num_batches, *args)
-    batches, count = call.original.__func__(_TrainerWithoutCP(trainer), epoch_iterator, num_batches, *args)
-    return batches, None if count is None else count / pc.non_data_parallel_size
+    return _exact(call, trainer, pc, epoch_iterator, num_batches, *args)
+
+
+def _evaluating(call: Any, trainer: Any) -> bool:
+    pc = getattr(trainer.accelerator, "parallelism_config", None)
+    return call.mode == RING and cp_owned(pc) and not getattr(getattr(trainer, "model", None), "training", True)
 
 
 def eval_count_unsharded(call: Any, trainer: Any, batch_samples: Any, device: Any) -> Any:
     """`_get_num_items_in_batch` in eval, 4.57-5.15: `prediction_step` divides the count by cp but never
     shards (the hook joins eval in 5.16), so every rank computes the full loss and reports cp x the
     single-process eval loss. In ring mode the count stays undivided for those unsharded eval steps."""
-    pc = getattr(trainer.accelerator, "parallelism_config", None)
-    if call.mode != RING or not cp_owned(pc) or getattr(getattr(trainer, "model", None), "training", True):
+    if not _evaluating(call, trainer):
         return call.original(batch_samples, device)
     return call.original.__func__(_TrainerWithoutCP(trainer), batch_samples, device)
+
+
+def eval_count_exact(call: Any, trainer: Any, batch_samples: Any, device: Any) -> Any:
+    """`_get_num_items_in_batch` in eval, 5.16-5.22: `prediction_step` shards eval batches and counts
+    through this method, which floor-divides by cp (training counts through `get_batch_samples`, fixed
+    above). In ring mode with `average_tokens_across_devices=False` eval steps divide exactly."""
+    pc = _applies(call, trainer)
+    if pc is None or not _evaluating(call, trainer):
+        return call.original(batch_samples, device)
+    return _exact(call, trainer, pc, batch_samples, device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -125,24 +126,22 @@ def no_kv_exchange(rfa_utils):
         ring.send_recv, ring.commit, ring.wait, gather.all_gather, gather.wait = saved
 
 
-def run(rank: int, world: int, port: int, out_dir: str) -> None:
+def main(out_dir: str) -> None:
+    """One rank under `cpshim.ring.launch.run_ranks` (env:// rendezvous; the launcher ends the group)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        from cpshim.ring.loader import load_ring_flash_attn
-        from cpshim.ring.providers import reference_provider
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    from cpshim.ring.loader import load_ring_flash_attn
+    from cpshim.ring.providers import reference_provider
 
-        P = reference_provider()
-        loaded = load_ring_flash_attn(P)
-        import ring_flash_attn as rfa
-        import ring_flash_attn.utils as rfa_utils
+    P = reference_provider()
+    loaded = load_ring_flash_attn(P)
+    import ring_flash_attn as rfa
+    import ring_flash_attn.utils as rfa_utils
 
-        result = {"load": loaded.as_dict(), "flash_attn_in_sys_modules": "flash_attn" in __import__("sys").modules,
-                  "cases": all_cases(rfa, P, rank, world)}
-        with no_kv_exchange(rfa_utils):
-            result["negative"] = all_cases(rfa, P, rank, world)
-        dist.barrier()
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
-    finally:
-        dist.destroy_process_group()
+    result = {"load": loaded.as_dict(), "flash_attn_in_sys_modules": "flash_attn" in sys.modules,
+              "cases": all_cases(rfa, P, rank, world)}
+    with no_kv_exchange(rfa_utils):
+        result["negative"] = all_cases(rfa, P, rank, world)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)

@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import time
 
 import pytest
+
+from tests.helpers import run_ranks
 
 TOL = {"out": 2e-2, "dq": 3e-2, "dk": 3e-2, "dv": 3e-2}
 WORLD = 2
 TIMEOUT_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def passes(case_by_rank: list[dict]) -> bool:
@@ -40,27 +33,8 @@ def ring_results(tmp_path_factory):
     if importlib.util.find_spec("ring_flash_attn") is None:  # importing it needs our loader
         pytest.skip("ring-flash-attn not installed")
     pytest.importorskip("transformers")
-    import torch.multiprocessing as mp
-
-    from ._ring_worker import run
-
     out = tmp_path_factory.mktemp("ring")
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned ranks
-    try:
-        ctx = mp.start_processes(run, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-        deadline = time.monotonic() + TIMEOUT_S
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"ring ranks did not finish within {TIMEOUT_S}s")
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    run_ranks(f"from tests.ring._ring_worker import main; main({str(out)!r})", WORLD, timeout=TIMEOUT_S)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

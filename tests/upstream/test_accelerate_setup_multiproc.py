@@ -28,9 +28,6 @@ try:
 except Exception as e:
     out["error"] = f"{type(e).__name__}: {e}"
 print("RESULT " + json.dumps(out))
-if dist.is_initialized():
-    dist.barrier()
-    dist.destroy_process_group()
 """
 
 
