@@ -7,7 +7,6 @@ metadata API is only a fallback for installs whose version is not in a directory
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections import namedtuple
 
@@ -16,12 +15,31 @@ if TYPE_CHECKING:
     from typing import Any, Iterable, Mapping
 
 
-_META_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py\d[\d.]*)?\.(?:dist-info|egg-info)$")
+_META_SUFFIXES = (".dist-info", ".egg-info")
 
 
 def normalize(name: str) -> str:
     """PEP 503 normalisation, so `ring_flash_attn` and `ring-flash-attn` are one dist."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    out = name.replace("_", "-").replace(".", "-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.lower()
+
+
+def _meta_dir(entry: str) -> tuple[str, str] | None:
+    """(name, version) of `NAME-VERSION[-pyX.Y].dist-info` / `.egg-info`, else None (string methods,
+    not `re`: see specs.py)."""
+    suffix = next((s for s in _META_SUFFIXES if entry.endswith(s)), None)
+    if suffix is None:
+        return None
+    parts = entry[: -len(suffix)].split("-")
+    if len(parts) == 3 and parts[2][:2] == "py" and parts[2][2:3].isdigit():
+        tag = parts.pop()[2:]
+        if not all(c.isdigit() or c == "." for c in tag):
+            return None
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
 
 
 class VersionInfo(namedtuple("VersionInfo", ["dist", "raw"])):
@@ -52,11 +70,11 @@ def _scan(paths: Iterable[str], wanted: set[str]) -> tuple[dict[str, str], set[s
         except OSError:
             continue
         for name in names:
-            m = _META_DIR.match(name)
-            if m:
-                dist = normalize(m.group("name"))
+            meta = _meta_dir(name)
+            if meta:
+                dist = normalize(meta[0])
                 if dist in wanted and dist not in found:  # first on sys.path wins, like import
-                    found[dist] = m.group("version")
+                    found[dist] = meta[1]
             elif name in module_names:
                 modules_seen.add(module_names[name])
     return found, modules_seen

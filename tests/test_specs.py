@@ -15,7 +15,10 @@ spec = st.lists(clause, min_size=1, max_size=3).map(",".join)
 suffix = st.sampled_from(["", "rc1", ".dev0", ".post1", "+cpu", "a2.dev1", "+cu121.x", "b3"])
 epoch = st.sampled_from(["", "", "1!", "2!"])
 candidate = st.builds(lambda e, r, s: f"{e}{r}{s}", epoch, release, suffix)
-junk = st.one_of(st.text(max_size=12), st.sampled_from(["5.x", "1..2", "v", "latest", "+cpu", "5.0-final-x"]))
+junk = st.one_of(st.text(max_size=12), st.sampled_from([
+    "5.x", "1..2", "v", "latest", "+cpu", "5.0-final-x", " 5.24.0 ", "v5.24.0", "V1.0+CPU", "5.0+", "5.0+a..b",
+    "5.0+a_b-c", "5.0+-a", "1.0+\u00fc", "\u0661.\u0662", "5.0\n", "\t5.0", "5 .0", "5.0 +cpu", ".5", "5.",
+    "V5.0+Ab.C"]))
 
 
 @settings(max_examples=500)
@@ -48,7 +51,20 @@ def test_ranges_match_packaging_on_the_release_of_any_version(spec, raw):
     assert contains(parse_range(spec), parse(raw)[0]) == expected
 
 
-@pytest.mark.parametrize("bad", ["~=4.56", ">=4.*", "===5.0", ">=5.0rc1", "<5.0.post1", ">=5+local", "5.0", ">=x"])
+ws = st.sampled_from(["", " ", "  ", "\t"])
+spaced_clause = st.tuples(ws, st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), ws, release, ws).map("".join)
+spaced_spec = st.lists(spaced_clause, min_size=1, max_size=3).map(",".join)
+
+
+@settings(max_examples=300)
+@given(spec=spaced_spec, raw=candidate)
+def test_ranges_with_spaces_match_packaging(spec, raw):
+    expected = SpecifierSet(spec).contains(Version(Version(raw).base_version), prereleases=True)
+    assert contains(parse_range(spec), parse(raw)[0]) == expected
+
+
+@pytest.mark.parametrize("bad", ["~=4.56", ">=4.*", "===5.0", ">=5.0rc1", "<5.0.post1", ">=5+local", "5.0", ">=x",
+                                 "> =5.0", ">= 5.0 1", ">=", "", ">=5.0,", "=>5.0"])
 def test_rejects_what_the_registry_does_not_allow(bad):
     with pytest.raises(InvalidRange):
         parse_range(bad)

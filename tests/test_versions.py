@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import string
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from packaging.version import InvalidVersion, Version
 
-from cpshim.versions import VersionInfo, from_strings, installed, normalize
+from cpshim.versions import VersionInfo, _meta_dir, from_strings, installed, normalize
 
 
 def _site(tmp_path, *names):
@@ -55,6 +56,24 @@ def test_normalize_is_idempotent_and_separator_blind(name):
     n = normalize(name)
     assert normalize(n) == n
     assert normalize(name.replace("_", "-")) == n
+    assert n == re.sub(r"[-_.]+", "-", name).lower()  # PEP 503's own definition
+
+
+# The metadata directory grammar, written as the regular expression the string parser replaces.
+META_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)(?:-py\d[\d.]*)?\.(?:dist-info|egg-info)$")
+meta_piece = st.text(alphabet="ab1.-_+py", max_size=8)
+meta_name = st.one_of(
+    st.builds(lambda *p: "".join(p), meta_piece, st.sampled_from(["-", ""]), meta_piece,
+              st.sampled_from(["", "-py3", "-py3.11", "-py3.x", "-pyx", "-py"]),
+              st.sampled_from([".dist-info", ".egg-info", ".dist-infox", "", ".egg"])),
+    st.text(max_size=20))
+
+
+@settings(max_examples=500)
+@given(meta_name)
+def test_metadata_dir_names_parse_like_the_grammar(entry):
+    m = META_DIR.match(entry)
+    assert _meta_dir(entry) == ((m.group("name"), m.group("version")) if m else None)
 
 
 @given(st.text(max_size=30))
