@@ -64,6 +64,17 @@ def check_loss_path(trainer: Any) -> None:
                     "(it would shift labels inside each shard)")
 
 
+def check_training_labels(model: Any, inputs: dict) -> None:
+    """Sharding is exact for the token-level loss a model computes from labels: the ranks' partial sums
+    add up. A training batch without them belongs to a trainer with its own loss from its own keys
+    (TRL's DPO/KTO/GRPO and reward trainers): a per-sequence value (log-prob sums, rewards) put through
+    a non-linear loss on each rank's partial sum is silently wrong."""
+    if getattr(model, "training", False) and inputs.get("labels") is None and inputs.get("shift_labels") is None:
+        raise _fail("a training batch without labels: ring CP is exact for token-level losses computed from "
+                    "labels; a loss built from per-sequence sums of its own keys (DPO, KTO, GRPO, reward models) "
+                    "would see each rank's partial sum. Train such a trainer without cpshim.enable()")
+
+
 def _cp_group(trainer: Any) -> tuple[Any, int, int]:
     import torch.distributed as dist
 
@@ -103,6 +114,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     hf_model = _unwrap(model)
     check_model(hf_model, settings["heads_k_stride"])
     check_loss_path(trainer)
+    check_training_labels(hf_model, inputs)
     group, rank, cp = _cp_group(trainer)
     strategy = settings["strategy"]
     inputs = dict(inputs)

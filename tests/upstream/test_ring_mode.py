@@ -68,6 +68,20 @@ def test_label_smoothing_is_refused(trainer, ring, batch):
         _prepare(trainer, trainer.model, batch)
 
 
+def test_training_batch_without_labels_is_refused(trainer, ring, batch):
+    """A sequence-level trainer (TRL DPO/KTO/GRPO, reward models) sends no labels; eval may."""
+    unlabeled = {"input_ids": batch["input_ids"]}
+    trainer.model.train()
+    with pytest.raises(cpshim.CpshimRuntimeError, match="training batch without labels"):
+        _prepare(trainer, trainer.model, unlabeled)
+    trainer.model.eval()
+    try:  # eval without labels passes this check: the next one (no cp group in one process) stops it
+        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+            _prepare(trainer, trainer.model, unlabeled)
+    finally:
+        trainer.model.train()
+
+
 def test_heads_k_stride_must_divide_kv_heads(trainer, cp, batch):
     cpshim.enable(heads_k_stride=3)
     try:
