@@ -16,13 +16,13 @@ from cpshim.ring.sharding import (
     unshard,
 )
 
-settings.register_profile("cpshim_ring", max_examples=150, deadline=None)
-settings.load_profile("cpshim_ring")
+RING = settings(max_examples=150)
 
 strategy_st = st.sampled_from(STRATEGIES)
 cp_st = st.integers(1, 8)
 
 
+@RING
 @given(strategy=strategy_st, cp=cp_st, k=st.integers(1, 6), batch=st.integers(1, 3), seq_dim=st.integers(0, 2))
 def test_shard_then_unshard_is_identity(strategy, cp, k, batch, seq_dim):
     n = multiple_for(strategy, cp) * k
@@ -35,6 +35,7 @@ def test_shard_then_unshard_is_identity(strategy, cp, k, batch, seq_dim):
     assert torch.equal(unshard(torch.cat(shards, seq_dim), seq_dim, cp, strategy), x)  # all_gather + cat form
 
 
+@RING
 @given(strategy=strategy_st, cp=cp_st, k=st.integers(1, 6))
 def test_shards_partition_positions(strategy, cp, k):
     n = multiple_for(strategy, cp) * k
@@ -42,6 +43,7 @@ def test_shards_partition_positions(strategy, cp, k):
     assert torch.equal(idx.sort().values, torch.arange(n))
 
 
+@RING
 @given(cp=cp_st, k=st.integers(1, 6), batch=st.integers(1, 3), data=st.data())
 def test_zigzag_position_ids_are_global_positions_permuted_like_tokens(cp, k, batch, data):
     n = 2 * cp * k
@@ -55,6 +57,7 @@ def test_zigzag_position_ids_are_global_positions_permuted_like_tokens(cp, k, ba
         assert torch.equal(tokens.gather(1, local_pos), shard(tokens, 1, r, cp, "zigzag"))
 
 
+@RING
 @given(strategy=strategy_st, cp=cp_st, n=st.integers(2, 70))
 def test_shift_labels_built_before_sharding_keep_every_target(strategy, cp, n):
     labels = torch.randint(0, 50, (2, n))
@@ -82,6 +85,7 @@ def test_unpadded_length_is_refused(strategy):
 doc_lengths = st.lists(st.integers(1, 12), min_size=1, max_size=8)
 
 
+@RING
 @given(docs=doc_lengths, rows=st.integers(1, 3))
 def test_cu_seqlens_from_restarting_position_ids(docs, rows):
     row = torch.cat([torch.arange(n) for n in docs])
@@ -91,6 +95,7 @@ def test_cu_seqlens_from_restarting_position_ids(docs, rows):
     assert cu.dtype == torch.int32 and cu.tolist() == want
 
 
+@RING
 @given(docs=doc_lengths, cp=cp_st, causal=st.booleans())
 def test_llama3_params_give_each_query_its_document_keys(docs, cp, causal):
     """Independent check of the contiguous varlen split: with bottom-right alignment, local query at
@@ -117,6 +122,7 @@ def test_llama3_params_give_each_query_its_document_keys(docs, cp, causal):
                 assert last == (p if causal else end_of[p] - 1)
 
 
+@RING
 @given(docs=doc_lengths, cp=cp_st, rows=st.integers(1, 2))
 def test_shard_inputs_varlen_packs_pads_and_keeps_document_positions(docs, cp, rows):
     row_pos = torch.cat([torch.arange(n) for n in docs])
@@ -135,6 +141,7 @@ def test_shard_inputs_varlen_packs_pads_and_keeps_document_positions(docs, cp, r
     assert bool((shift[:, ids.numel():] == IGNORE_INDEX).all())
 
 
+@RING
 @given(strategy=st.sampled_from(["zigzag", "contiguous"]), cp=cp_st, n=st.integers(1, 40))
 def test_shard_inputs_dense_positions_continue_through_padding(strategy, cp, n):
     ids = torch.randint(1, 100, (2, n))
