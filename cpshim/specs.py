@@ -67,10 +67,10 @@ def parse(raw: str) -> tuple[Key, bool] | None:
 
 def release_key(raw: str) -> Key:
     """Key of a version that must be a final release (registry data: floors, ceilings, bounds)."""
-    parsed = parse(raw)
-    if parsed is None or parsed[1] or _plain(raw) is None or "+" in raw:
+    release = _plain(raw)
+    if release is None or "+" in raw:
         raise InvalidRange(f"{raw!r} is not a final release (write it like 5.24.0)")
-    return parsed[0]
+    return _key(0, release)
 
 
 def parse_range(spec: str) -> tuple[tuple[str, Key], ...]:

@@ -29,40 +29,41 @@ class _TrainerWithoutCP:
         return getattr(self._trainer, name)
 
 
-def _applies(call: Any, trainer: Any) -> Any:
+def _ring_pc(call: Any, trainer: Any) -> Any:
+    """The parallelism config when this call is in ring mode with CP owned by cpshim, else None."""
     pc = getattr(trainer.accelerator, "parallelism_config", None)
-    if call.mode != RING or not cp_owned(pc) or getattr(trainer.args, "average_tokens_across_devices", True):
-        return None
-    return pc
+    return pc if call.mode == RING and cp_owned(pc) else None
 
 
-def _exact(call: Any, trainer: Any, pc: Any, *args: Any) -> Any:
-    """Upstream's count with CP hidden (`call.original`'s function run on the view), divided by cp exactly."""
-    out = call.original.__func__(_TrainerWithoutCP(trainer), *args)
-    count = out[1] if isinstance(out, tuple) else out
-    exact = None if count is None else count / pc.non_data_parallel_size
-    return (out[0], exact) if isinstance(out, tuple) else exact
+def _unaveraged_pc(call: Any, trainer: Any) -> Any:
+    """`_ring_pc`, when tokens are not averaged across devices (the case upstream floor-divides)."""
+    pc = _ring_pc(call, trainer)
+    return None if pc is None or getattr(trainer.args, "average_tokens_across_devices", True) else pc
+
+
+def _evaluating(trainer: Any) -> bool:
+    return not getattr(getattr(trainer, "model", None), "training", True)
+
+
+def _exactly(count: Any, pc: Any) -> Any:
+    return None if count is None else count / pc.non_data_parallel_size
 
 
 def exact_count(call: Any, trainer: Any, epoch_iterator: Any, num_batches: int, *args: Any) -> Any:
     """`get_batch_samples` (4.56-5.22; from 4.57 it delegates to `_get_num_items_in_batch`, which binds to
     the same view). Keeps: upstream's batches and count. Turns off: the floor division by cp."""
-    pc = _applies(call, trainer)
+    pc = _unaveraged_pc(call, trainer)
     if pc is None:
         return call.original(epoch_iterator, num_batches, *args)
-    return _exact(call, trainer, pc, epoch_iterator, num_batches, *args)
-
-
-def _evaluating(call: Any, trainer: Any) -> bool:
-    pc = getattr(trainer.accelerator, "parallelism_config", None)
-    return call.mode == RING and cp_owned(pc) and not getattr(getattr(trainer, "model", None), "training", True)
+    batches, count = call.original.__func__(_TrainerWithoutCP(trainer), epoch_iterator, num_batches, *args)
+    return batches, _exactly(count, pc)
 
 
 def eval_count_unsharded(call: Any, trainer: Any, batch_samples: Any, device: Any) -> Any:
     """`_get_num_items_in_batch` in eval, 4.57-5.15: `prediction_step` divides the count by cp but never
     shards (the hook joins eval in 5.16), so every rank computes the full loss and reports cp x the
     single-process eval loss. In ring mode the count stays undivided for those unsharded eval steps."""
-    if not _evaluating(call, trainer):
+    if _ring_pc(call, trainer) is None or not _evaluating(trainer):
         return call.original(batch_samples, device)
     return call.original.__func__(_TrainerWithoutCP(trainer), batch_samples, device)
 
@@ -71,7 +72,7 @@ def eval_count_exact(call: Any, trainer: Any, batch_samples: Any, device: Any) -
     """`_get_num_items_in_batch` in eval, 5.16-5.22: `prediction_step` shards eval batches and counts
     through this method, which floor-divides by cp (training counts through `get_batch_samples`, fixed
     above). In ring mode with `average_tokens_across_devices=False` eval steps divide exactly."""
-    pc = _applies(call, trainer)
-    if pc is None or not _evaluating(call, trainer):
+    pc = _unaveraged_pc(call, trainer)
+    if pc is None or not _evaluating(trainer):
         return call.original(batch_samples, device)
-    return _exact(call, trainer, pc, batch_samples, device)
+    return _exactly(call.original.__func__(_TrainerWithoutCP(trainer), batch_samples, device), pc)

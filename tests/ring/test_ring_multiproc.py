@@ -1,5 +1,6 @@
 """The real ring-flash-attn kernels over gloo, 2 processes, bf16, reference provider, against
-single-process full attention with the same provider and dtype (all checks in one spawn).
+single-process full attention with the same provider and dtype (all checks in one launch of
+`cpshim.ring.launch.run_ranks`).
 
 Tolerance, fixed before measuring: relative Frobenius error <= 2e-2 for outputs and <= 3e-2 for
 q/k/v grads. bf16's unit roundoff is 2^-8 = 3.9e-3; the ring rounds each block's output (and each
