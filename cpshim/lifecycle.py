@@ -103,6 +103,11 @@ def notice(kind: str, reason: str, **fields: Any) -> None:
 
 # ---------------------------------------------------------------- call time
 
+def is_active(patch_id: str) -> bool:
+    """Whether the patch is applied and running (ring mode refuses a feature whose fix is not)."""
+    st = _states.get(patch_id)
+    return st is not None and st.active
+
 def _dispatch(patch_id: str, original: Callable[..., Any], this: Any, args: tuple, kwargs: dict) -> Any:
     st = _states[patch_id]
     if st.raise_on_call is not None:

@@ -54,8 +54,22 @@ def _wrap_function(patch_id: str, func: Callable[..., Any], dispatch: Dispatch) 
     return wrapper
 
 
-def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch) -> Any:
-    """A wrapper of the same descriptor kind as `raw` (function or property)."""
+def _wrap_module_function(patch_id: str, func: Callable[..., Any], dispatch: Dispatch) -> Callable[..., Any]:
+    """A module-level function (looked up as a global by its callers): no `self`, the implementation gets None."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return dispatch(patch_id, func, None, args, kwargs)
+
+    setattr(wrapper, MARK, patch_id)
+    return wrapper
+
+
+def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch, owner: Any = None) -> Any:
+    """A wrapper of the same descriptor kind as `raw` (function or property); a module's function stays one."""
+    if owner is not None and not isinstance(owner, type):
+        if not callable(raw):
+            raise TypeError(f"cpshim cannot wrap {type(raw).__name__} objects (patch {patch_id})")
+        return _wrap_module_function(patch_id, raw, dispatch)
     if isinstance(raw, property):
         fget = _wrap_function(patch_id, raw.fget, dispatch)  # type: ignore[arg-type]
         wrapped = property(fget, raw.fset, raw.fdel, raw.__doc__)
@@ -78,7 +92,7 @@ def install(patch_id: str, module_name: str, attr_path: tuple[str, ...], dispatc
     if is_wrapper(raw, patch_id):  # already ours (found in a base class after an earlier install)
         raise RuntimeError(f"{module_name}:{'.'.join(attr_path)} is already wrapped by cpshim")
     if wrapper is None:
-        wrapper = make_wrapper(patch_id, raw, dispatch)
+        wrapper = make_wrapper(patch_id, raw, dispatch, owner)
     setattr(owner, name, wrapper)
     return Installed(owner, name, raw, own, wrapper)
 

@@ -34,8 +34,8 @@ class Variant(namedtuple("Variant", ["name", "requires", "ceiling", "impl", "inf
 
 
 class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "group", "watch", "summary",
-                                 "follows_mode", "fixed_in", "needed_from"],
-                       defaults=(None, (), "", True, None, None))):
+                                 "follows_mode", "fixed_in", "needed_from", "refused_before"],
+                       defaults=(None, (), "", True, None, None, None))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
@@ -44,6 +44,8 @@ class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "g
     that apply all-or-nothing. `watch` lists the upstream code whose fingerprint must match a tested
     release (`module:qualname`, or `module:qualname@name`: the statements of qualname that mention
     name). `follows_mode=False`: the wrapper runs in every mode and decides by its own state.
+    `refused_before`: `(release, what ring mode does instead)`: below the release upstream has no
+    target to patch (the code is inline elsewhere), so ring mode refuses the feature by name.
     """
 
     __slots__ = ()
@@ -114,6 +116,10 @@ def select(patch: Patch, versions: Mapping[str, VersionInfo]) -> Selection:
     if patch.needed_from and own_key < release_key(patch.needed_from):
         return Selection(patch, None, SUPPORTED,
                          f"not needed: the problem it fixes appeared in {patch.dist} {patch.needed_from}", False)
+    if patch.refused_before and own_key < release_key(patch.refused_before[0]):
+        return Selection(patch, None, SUPPORTED,
+                         f"nothing to patch below {patch.dist} {patch.refused_before[0]}: {patch.refused_before[1]}",
+                         False)
     if own_key < release_key(patch.floor):
         return Selection(
             patch, None, UNSUPPORTED,
@@ -168,6 +174,7 @@ class Registry:
                 release_key(patch.floor)
                 release_key(patch.fixed_in or patch.floor)
                 release_key(patch.needed_from or patch.floor)
+                release_key(patch.refused_before[0] if patch.refused_before else patch.floor)
                 [release_key(c) for c in variant.ceiling.values()]
             except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e

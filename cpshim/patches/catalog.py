@@ -207,6 +207,80 @@ TRAINER_EVAL_NUM_ITEMS = Patch(
            "transformers.trainer:Trainer.prediction_step@_get_num_items_in_batch"),
 )
 
+EVAL_GATHER = Patch(
+    id="eval-gather-for-metrics",
+    target="accelerate.accelerator:Accelerator.gather_for_metrics",
+    dist="accelerate",
+    floor="1.10.0",
+    summary="ring mode, the Trainer's eval loop: gather once per data-parallel rank, not once per CP rank",
+    variants=(Variant("gather-over-dp", _ACC, _ACC_CEILING, "cpshim.patches.eval_gather:gather_for_metrics",
+                      info={"keeps": "upstream's function, tensor/object choice and last-batch truncation",
+                            "turns_off": "gathering the cp identical copies of each eval value (predict() "
+                                         "returned every row cp times)"}),),
+    watch=("accelerate.accelerator:Accelerator.gather_for_metrics",
+           "accelerate.data_loader:DataLoaderStateMixin.begin",
+           "accelerate.data_loader:prepare_data_loader@torch_device_mesh"),
+)
+
+TRAINER_EVAL_LOOP = Patch(
+    id="trainer-eval-loop",
+    target="transformers.trainer:Trainer.evaluation_loop",
+    dist="transformers",
+    floor="4.56.0",
+    summary="ring mode: the eval loop's gathers run over data-parallel ranks; its steps are counted per DP rank",
+    variants=(Variant("dp-scope", {"transformers": ">=4.56,<6"}, {"transformers": TRANSFORMERS_CEILING},
+                      "cpshim.patches.eval_gather:evaluation_loop",
+                      info={"keeps": "the whole loop", "adds": "the scope in which gather_for_metrics gathers over "
+                                                               "DP ranks; the step count for the speed metrics"}),),
+    watch=("transformers.trainer:Trainer.evaluation_loop",),
+)
+
+EVAL_SPEED = Patch(
+    id="trainer-eval-speed",
+    target="transformers.trainer:speed_metrics",
+    dist="transformers",
+    floor="4.56.0",
+    summary="ring mode: evaluate()/predict() step rates count data-parallel ranks only",
+    variants=(Variant("dp-steps", {"transformers": ">=4.56,<6"}, {"transformers": TRANSFORMERS_CEILING},
+                      "cpshim.patches.eval_gather:speed_metrics",
+                      info={"keeps": "upstream's speed metrics", "turns_off": "dividing eval steps by CP ranks "
+                                                                              "(eval_steps_per_second)"}),),
+    watch=("transformers.trainer_utils:speed_metrics",
+           "transformers.trainer:Trainer.evaluate@speed_metrics",
+           "transformers.trainer:Trainer.predict@speed_metrics"),
+)
+
+TRAINER_TOKENS_SEEN = Patch(
+    id="trainer-tokens-seen",
+    target="transformers.trainer:Trainer._track_num_input_tokens",
+    dist="transformers",
+    floor="5.3.0",
+    refused_before=("5.3.0", "the count is inline in the training loop; ring mode refuses "
+                             "include_num_input_tokens_seen there (upgrade transformers to >=5.3)"),
+    summary="ring mode: num_input_tokens_seen sums data-parallel ranks only (CP ranks counted it cp times)",
+    variants=(Variant("dp-sum", {"transformers": ">=5.3,<6"}, {"transformers": TRANSFORMERS_CEILING},
+                      "cpshim.patches.trainer_counters:tokens_over_data_parallel",
+                      info={"keeps": "upstream's count per batch",
+                            "turns_off": "summing it over the CP ranks that share the batch"}),),
+    watch=("transformers.trainer:Trainer._track_num_input_tokens",),
+)
+
+TRAINER_FLOS = Patch(
+    id="trainer-store-flos",
+    target="transformers.trainer:Trainer.store_flos",
+    dist="transformers",
+    floor="4.56.0",
+    summary="ring mode: total_flos counts each CP group's batch once",
+    variants=(Variant("once-per-cp-group", {"transformers": ">=4.56,<6"}, {"transformers": TRANSFORMERS_CEILING},
+                      "cpshim.patches.trainer_counters:flos_once_per_group",
+                      info={"keeps": "upstream's sum over processes",
+                            "turns_off": "the FLOPs of the cp-1 ranks whose batch their group's first rank "
+                                         "already counted"}),),
+    watch=("transformers.trainer:Trainer.store_flos",
+           "transformers.trainer_pt_utils:distributed_broadcast_scalars"),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
                      STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
-                     TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS))
+                     TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS, EVAL_GATHER, TRAINER_EVAL_LOOP, EVAL_SPEED,
+                     TRAINER_TOKENS_SEEN, TRAINER_FLOS))

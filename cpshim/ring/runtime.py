@@ -7,8 +7,9 @@ routing and the tripwires read it. Steps are thread-local.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from .. import lifecycle, modes
 from ..errors import ConfigurationError
@@ -78,3 +79,31 @@ def current_step() -> Any:
 
 def set_step(step: Any) -> None:
     _local.step = step
+
+
+def eval_scope() -> Any:
+    """The Trainer whose eval loop runs in this thread in ring mode (its gathers are over DP ranks), or None."""
+    return getattr(_local, "eval", None)
+
+
+@contextlib.contextmanager
+def evaluating(trainer: Any) -> Iterator[None]:
+    previous = eval_scope()
+    _local.eval = trainer
+    try:
+        yield
+    finally:
+        _local.eval = previous
+
+
+def note_eval_steps(prefix: str, num_samples: int, steps: int) -> None:
+    """What the eval loop just ran, for the speed metrics `evaluate()`/`predict()` compute right after it."""
+    _local.eval_steps = (prefix, num_samples, steps)
+
+
+def take_eval_steps(prefix: str, num_samples: Any) -> int | None:
+    facts = getattr(_local, "eval_steps", None)
+    if facts is None or facts[:2] != (prefix, num_samples):
+        return None
+    _local.eval_steps = None
+    return facts[2]

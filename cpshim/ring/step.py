@@ -15,4 +15,5 @@ class Step:
         self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
         self.ran: set[int] = set()
         self.model = model
+        self.evaluating = False  # an eval step (prediction_step, under no_grad): outputs made CP-replicated
         self.unshard_shape: tuple[int, int] | None = None  # eval: (batch, length) to restore logits to

@@ -64,12 +64,35 @@ def check_loss_path(trainer: Any) -> None:
                     "(it would shift labels inside each shard)")
 
 
-def check_training_labels(model: Any, inputs: dict) -> None:
+def check_counters(trainer: Any) -> None:
+    """Counters a ring-mode Trainer reports must be counted once per CP group (their patches do that)."""
+    from .. import lifecycle
+
+    seen = getattr(trainer.args, "include_num_input_tokens_seen", "no")
+    if seen not in ("no", False, None) and not lifecycle.is_active("trainer-tokens-seen"):
+        import transformers
+
+        raise _fail(f"include_num_input_tokens_seen={seen!r}: transformers {transformers.__version__} counts tokens "
+                    "inline in its training loop over every process, so each CP rank would add the same batch "
+                    "(cp times one process's count). Set include_num_input_tokens_seen='no', or upgrade "
+                    "transformers to >=5.3 where cpshim counts once per CP group")
+
+
+def _is_eval_step() -> bool:
+    """The Trainer's prediction_step shards under `torch.no_grad()`, training_step with grad. (The model's
+    `training` flag is no guide: training_step calls `model.train()` inside the step context, so the first
+    training step after an evaluation starts with the model still in eval mode.)"""
+    import torch
+
+    return not torch.is_grad_enabled()
+
+
+def check_training_labels(training: bool, inputs: dict) -> None:
     """Sharding is exact for the token-level loss a model computes from labels: the ranks' partial sums
     add up. A training batch without them belongs to a trainer with its own loss from its own keys
     (TRL's DPO/KTO/GRPO and reward trainers): a per-sequence value (log-prob sums, rewards) put through
     a non-linear loss on each rank's partial sum is silently wrong."""
-    if getattr(model, "training", False) and inputs.get("labels") is None and inputs.get("shift_labels") is None:
+    if training and inputs.get("labels") is None and inputs.get("shift_labels") is None:
         raise _fail("a training batch without labels: ring CP is exact for token-level losses computed from "
                     "labels; a loss built from per-sequence sums of its own keys (DPO, KTO, GRPO, reward models) "
                     "would see each rank's partial sum. Train such a trainer without cpshim.enable()")
@@ -114,7 +137,9 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     hf_model = _unwrap(model)
     check_model(hf_model, settings["heads_k_stride"])
     check_loss_path(trainer)
-    check_training_labels(hf_model, inputs)
+    check_counters(trainer)
+    evaluating = _is_eval_step()
+    check_training_labels(not evaluating, inputs)
     group, rank, cp = _cp_group(trainer)
     strategy = settings["strategy"]
     inputs = dict(inputs)
@@ -151,7 +176,8 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
                 varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
     armed.update(step.expected.values())
     runtime.note_group(cp)
-    needs_logits = not hf_model.training and (
+    step.evaluating = evaluating
+    needs_logits = evaluating and (
         getattr(trainer, "compute_metrics", None) is not None
         or getattr(trainer, "preprocess_logits_for_metrics", None) is not None
         or not getattr(trainer.args, "prediction_loss_only", False))
@@ -162,19 +188,27 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     return (lambda: step_context(step)), inputs
 
 
-def _unshard_logits(step: Step):
-    """Eval: gather the logits of every rank back into the full sequence (matching full-length labels)."""
+def _eval_outputs(step: Step):
+    """Eval: make the outputs the same on every rank of the CP group, as the eval loop gathers them once per
+    data-parallel rank. Logits: gathered from every rank and unsharded into the full sequence (matching the
+    full-length labels). Loss: each rank's partial (its shard's targets over the whole count, upstream's
+    scale) averaged over the group; upstream averages over every process, so the mean is unchanged."""
     import torch
     import torch.distributed as dist
 
     def hook(module: Any, args: Any, output: Any) -> Any:
+        loss = output.get("loss") if hasattr(output, "get") else None
+        if loss is not None:
+            parts = [torch.empty_like(loss) for _ in range(step.cp)]
+            dist.all_gather(parts, loss.detach().contiguous(), group=step.group)
+            output["loss"] = torch.stack(parts).mean(0)
         logits = output.get("logits") if hasattr(output, "get") else None
-        if logits is None or logits.shape[1] != step.local_len:
+        if step.unshard_shape is None or logits is None or logits.shape[1] != step.local_len:
             return output
         parts = [torch.empty_like(logits) for _ in range(step.cp)]
         dist.all_gather(parts, logits.contiguous(), group=step.group)
         full = sharding.unshard(parts, 1, step.cp, step.strategy)[:, : step.global_len - step.padding]
-        batch, length = step.unshard_shape or (1, full.shape[1])
+        batch, length = step.unshard_shape
         output["logits"] = full.reshape(batch, length, *full.shape[2:])
         return output
 
@@ -186,7 +220,7 @@ def step_context(step: Step) -> Iterator[Step]:
     """Forward and backward of one sharded step; the tripwires run when it ends cleanly."""
     previous = runtime.current_step()
     runtime.set_step(step)
-    handle = step.model.register_forward_hook(_unshard_logits(step)) if step.unshard_shape else None
+    handle = step.model.register_forward_hook(_eval_outputs(step)) if step.evaluating else None
     try:
         yield step
     finally:

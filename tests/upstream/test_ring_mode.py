@@ -69,14 +69,18 @@ def test_label_smoothing_is_refused(trainer, ring, batch):
 
 
 def test_training_batch_without_labels_is_refused(trainer, ring, batch):
-    """A sequence-level trainer (TRL DPO/KTO/GRPO, reward models) sends no labels; eval may."""
+    """A sequence-level trainer (TRL DPO/KTO/GRPO, reward models) sends no labels; eval may. A step is an eval
+    step when it runs under no_grad (prediction_step), whatever the model's mode: training_step calls
+    model.train() inside the step, so the first training step after an evaluation starts in eval mode."""
+    import torch
+
     unlabeled = {"input_ids": batch["input_ids"]}
-    trainer.model.train()
-    with pytest.raises(cpshim.CpshimRuntimeError, match="training batch without labels"):
-        _prepare(trainer, trainer.model, unlabeled)
-    trainer.model.eval()
+    for mode in ("train", "eval"):
+        getattr(trainer.model, mode)()
+        with pytest.raises(cpshim.CpshimRuntimeError, match="training batch without labels"):
+            _prepare(trainer, trainer.model, unlabeled)
     try:  # eval without labels passes this check: the next one (no cp group in one process) stops it
-        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        with torch.no_grad(), pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
             _prepare(trainer, trainer.model, unlabeled)
     finally:
         trainer.model.train()

@@ -1,0 +1,114 @@
+"""The ranks of one CP group are one data-parallel rank: gathers and counts over the DP group only.
+
+A ring CP group holds one batch. Its ranks each compute a shard of it, and in the Trainer's eval loop
+they return identical values (the hook unshards the logits and averages the loss over the group;
+labels and inputs come from the unsharded batch). Upstream gathers over every process, so each value
+comes back cp times, and accelerate's last-batch truncation (sized for data-parallel ranks) cuts the
+wrong rows. Gathering over the mesh's `dp` dimension (the ranks that share a CP coordinate) gives
+what one process per data-parallel rank gives. Counters (tokens seen, FLOPs) use the same group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .tripwires import TripwireError
+
+disabled = False  # the parity suite's negative control: upstream's gathers and counts over every process
+
+
+class Groups:
+    """The process groups of this rank: data-parallel peers (`dp`) and CP peers (`cp`); None for size 1."""
+
+    def __init__(self, dp: Any, dp_size: int, cp: Any, cp_rank: int, cp_size: int) -> None:
+        self.dp, self.dp_size, self.cp, self.cp_rank, self.cp_size = dp, dp_size, cp, cp_rank, cp_size
+
+
+def groups(accelerator: Any) -> Groups | None:
+    """None unless this process is a rank of a CP mesh (accelerate built `cp`, and `dp` when dp > 1)."""
+    import torch.distributed as dist
+
+    mesh = getattr(accelerator, "torch_device_mesh", None)
+    names = tuple(getattr(mesh, "mesh_dim_names", None) or ())
+    if mesh is None or "cp" not in names or not dist.is_initialized():
+        return None
+    cp, dp = mesh["cp"], _submesh(mesh, "dp")
+    return Groups(dp.get_group() if dp is not None else None, dp.size() if dp is not None else 1,
+                  cp.get_group(), cp.get_local_rank(), cp.size())
+
+
+def _submesh(mesh: Any, name: str) -> Any:
+    """accelerate flattens its data-parallel dimensions into `dp` when any is > 1; absent, dp is 1."""
+    try:
+        return mesh[name]
+    except (KeyError, RuntimeError, ValueError):
+        return None
+
+
+def gather(data: Any, g: Groups) -> Any:
+    """accelerate's `gather` (0-dim tensors become 1-dim, results concatenated on dim 0), over DP peers."""
+    import torch
+    import torch.distributed as dist
+    from accelerate.utils import recursively_apply
+
+    def one(tensor: Any) -> Any:
+        tensor = (tensor.clone()[None] if tensor.ndim == 0 else tensor).contiguous()
+        if g.dp_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(g.dp_size)]
+        dist.all_gather(parts, tensor, group=g.dp)
+        return torch.cat(parts, dim=0)
+
+    return recursively_apply(one, data, error_on_other_type=True)
+
+
+def gather_object(obj: Any, g: Groups) -> list:
+    """accelerate's `gather_object` (a list per rank, concatenated), over DP peers."""
+    import torch.distributed as dist
+
+    if g.dp_size == 1:
+        return list(obj)
+    parts: list = [None] * g.dp_size
+    dist.all_gather_object(parts, obj, group=g.dp)
+    return [x for part in parts for x in part]
+
+
+def _digest(data: Any) -> Any:
+    """Per tensor: numel, sum and an index-weighted sum in float64 (cheap, and order-sensitive)."""
+    import torch
+    from accelerate.utils import recursively_apply
+
+    rows: list = []
+
+    def one(tensor: Any) -> Any:
+        flat = torch.nan_to_num(tensor.detach().reshape(-1).to(torch.float64), nan=0.0, posinf=1e300, neginf=-1e300)
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device) % 65_537
+        rows.append(torch.stack([flat.new_tensor(float(flat.numel())), flat.sum(), (flat * weights).sum()]))
+        return tensor
+
+    recursively_apply(one, data, error_on_other_type=True)
+    return torch.cat(rows) if rows else None
+
+
+def check_replicated(data: Any, g: Groups, what: str) -> None:
+    """Tripwire: values the eval loop gathers must be the same on every rank of a CP group."""
+    import torch
+    import torch.distributed as dist
+
+    mine = _digest(data)
+    if mine is None or g.cp_size == 1:
+        return
+    everyone = [torch.empty_like(mine) for _ in range(g.cp_size)]
+    dist.all_gather(everyone, mine, group=g.cp)
+    if any(not torch.equal(other, mine) for other in everyone):
+        raise TripwireError(
+            f"cpshim ring mode: {what} differs between the ranks of one CP group, so gathering it once per "
+            "data-parallel rank would drop the other ranks' part. A value computed from a shard (a per-rank "
+            "partial sum) must be reduced over the CP group before the Trainer's eval loop gathers it"
+        )
+
+
+def is_cp_leader(accelerator: Any) -> bool:
+    """True on the first rank of each CP group (and outside CP): the one whose counts stand for its group."""
+    g = groups(accelerator)
+    return g is None or g.cp_rank == 0
