@@ -112,6 +112,9 @@ def _recorder():
 def _args(case: dict, cp: int, out_dir: str) -> Any:
     from transformers import TrainingArguments
 
+    if case.get("sft"):  # TRL's SFTTrainer over the same pre-tokenized rows (labels given, no preparation)
+        from trl import SFTConfig as TrainingArguments  # type: ignore[no-redef]
+
     extra: dict[str, Any] = {}
     if cp > 1:
         from accelerate import ParallelismConfig
@@ -125,6 +128,8 @@ def _args(case: dict, cp: int, out_dir: str) -> Any:
         extra.update(eval_strategy="steps", eval_steps=case["steps"], save_strategy="no")
     if "include_tokens_per_second" in TrainingArguments.__dataclass_fields__:  # removed in 5.x
         extra["include_tokens_per_second"] = True
+    if case.get("sft"):
+        extra.update(max_length=SEQ, packing=False, dataset_kwargs={"skip_prepare_dataset": True})
     return TrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=case["train_batch"],
         per_device_eval_batch_size=case["eval_batch"], max_steps=case["steps"], learning_rate=0.5, optim="sgd",
@@ -167,13 +172,22 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
         model.register_forward_pre_hook(capture, with_kwargs=True)
     metrics = Metrics(batched=case.get("batch_eval_metrics", False))
     recorder = _recorder()
-    train_rows = rows(case["train_rows"], seed=7)
-    trainer = Trainer(model=model, args=_args(case, cp, out_dir), train_dataset=train_rows,
-                      eval_dataset=rows(case["eval_rows"], seed=99), compute_metrics=metrics,
-                      callbacks=[recorder])
+    train_rows, eval_rows = rows(case["train_rows"], seed=7), rows(case["eval_rows"], seed=99)
+    kwargs: dict[str, Any] = {}
+    if case.get("sft"):
+        from datasets import Dataset
+        from trl import SFTTrainer as Trainer  # type: ignore[no-redef]
+
+        def as_dataset(part: list[dict]) -> Any:
+            return Dataset.from_list([{k: v.tolist() for k, v in r.items()} for r in part])
+
+        train_rows, eval_rows = as_dataset(train_rows), as_dataset(eval_rows)
+        kwargs["processing_class"] = _tokenizer()
+    trainer = Trainer(model=model, args=_args(case, cp, out_dir), train_dataset=train_rows, eval_dataset=eval_rows,
+                      compute_metrics=metrics, callbacks=[recorder], **kwargs)
     train_out = trainer.train()
     evaluated = trainer.evaluate()
-    predicted = trainer.predict(rows(case["eval_rows"], seed=99))
+    predicted = trainer.predict(eval_rows)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return {"rank": rank, "train_metrics": dict(train_out.metrics), "evaluate": evaluated,
             "predict_metrics": dict(predicted.metrics), "predict": _arrays(predicted),
@@ -182,6 +196,16 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
                       "tokens_seen": trainer.state.num_input_tokens_seen, "total_flos": trainer.state.total_flos,
                       "best_metric": trainer.state.best_metric,
                       "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint or "")}}
+
+
+def _tokenizer() -> Any:
+    """A word-level tokenizer over the copy task's ids, built here (no hub)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"t{i}": i for i in range(3, parity.VOCAB)}}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                   pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 def _gather_over_every_process() -> None:
