@@ -50,7 +50,7 @@ def gather_for_metrics(call: Any, accelerator: Any, input_data: Any, use_gather_
     return call.original.__func__(view, input_data, False)
 
 
-def _truncated(accelerator: Any, data: list) -> list:
+def _truncated(accelerator: Any, data: Any) -> Any:
     """Upstream's end-of-dataloader rule for gathered objects: keep the dataset's remainder."""
     state = accelerator.gradient_state
     if state.end_of_dataloader and state.remainder > 0:

@@ -46,15 +46,17 @@ def _submesh(mesh: Any, name: str) -> Any:
 
 
 def gather(data: Any, g: Groups) -> Any:
-    """accelerate's `gather` (0-dim tensors become 1-dim, results concatenated on dim 0), over DP peers."""
+    """accelerate's `gather` over DP peers: across processes 0-dim tensors become 1-dim and results are
+    concatenated on dim 0; with one data-parallel rank, what one process gets: the data itself."""
     import torch
     import torch.distributed as dist
     from accelerate.utils import recursively_apply
 
+    if g.dp_size == 1:
+        return data
+
     def one(tensor: Any) -> Any:
         tensor = (tensor.clone()[None] if tensor.ndim == 0 else tensor).contiguous()
-        if g.dp_size == 1:
-            return tensor
         parts = [torch.empty_like(tensor) for _ in range(g.dp_size)]
         dist.all_gather(parts, tensor, group=g.dp)
         return torch.cat(parts, dim=0)
@@ -62,12 +64,13 @@ def gather(data: Any, g: Groups) -> Any:
     return recursively_apply(one, data, error_on_other_type=True)
 
 
-def gather_object(obj: Any, g: Groups) -> list:
-    """accelerate's `gather_object` (a list per rank, concatenated), over DP peers."""
+def gather_object(obj: Any, g: Groups) -> Any:
+    """accelerate's `gather_object` over DP peers (a list per rank, concatenated); with one data-parallel
+    rank, what one process gets: the object itself."""
     import torch.distributed as dist
 
     if g.dp_size == 1:
-        return list(obj)
+        return obj
     parts: list = [None] * g.dp_size
     dist.all_gather_object(parts, obj, group=g.dp)
     return [x for part in parts for x in part]

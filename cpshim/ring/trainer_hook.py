@@ -68,14 +68,20 @@ def check_counters(trainer: Any) -> None:
     """Counters a ring-mode Trainer reports must be counted once per CP group (their patches do that)."""
     from .. import lifecycle
 
-    seen = getattr(trainer.args, "include_num_input_tokens_seen", "no")
-    if seen not in ("no", False, None) and not lifecycle.is_active("trainer-tokens-seen"):
-        import transformers
+    if lifecycle.is_active("trainer-tokens-seen"):
+        return
+    import transformers
 
-        raise _fail(f"include_num_input_tokens_seen={seen!r}: transformers {transformers.__version__} counts tokens "
-                    "inline in its training loop over every process, so each CP rank would add the same batch "
-                    "(cp times one process's count). Set include_num_input_tokens_seen='no', or upgrade "
-                    "transformers to >=5.3 where cpshim counts once per CP group")
+    seen = getattr(trainer.args, "include_num_input_tokens_seen", "no")
+    why = f"include_num_input_tokens_seen={seen!r}"
+    if seen == "no" and getattr(trainer.state, "num_input_tokens_seen", 0):  # a release that reads it as a bool
+        why += " (read as True by this release, which counted tokens before this step: pass False)"
+    elif seen in ("no", False, None):
+        return
+    raise _fail(f"{why}: transformers {transformers.__version__} counts tokens inline in its training loop over "
+                "every process, so each CP rank would add the same batch (cp times one process's count). Set "
+                "include_num_input_tokens_seen=False, or upgrade transformers to >=5.3 where cpshim counts once "
+                "per CP group")
 
 
 def _is_eval_step() -> bool:

@@ -38,6 +38,17 @@ def rows(n: int, seed: int) -> list[dict]:
     return out
 
 
+def _array(x: Any, ndim: int, dtype: Any = None) -> Any:
+    """One array of `ndim` dims from what the eval loop returns: an array, or pieces in a list: batches
+    (`eval_do_concat_batches=False`) or rows (`eval_use_gather_object=True`)."""
+    import numpy as np
+
+    if isinstance(x, list):
+        pieces = [np.asarray(p.cpu() if hasattr(p, "cpu") else p) for p in x]
+        x = np.concatenate([p if p.ndim == ndim else p[None] for p in pieces])
+    return np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=dtype)
+
+
 class Metrics:
     """compute_metrics that returns numbers a duplicated, reordered or truncated input would change."""
 
@@ -51,7 +62,7 @@ class Metrics:
         import numpy as np
 
         logits = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
-        logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(p.label_ids)
+        logits, labels = _array(logits, 3, np.float64), _array(p.label_ids, 2)
         target, pred = labels[:, 1:], logits[:, :-1].argmax(-1)
         mask = target != -100
         rows_idx = np.arange(len(labels))[:, None] + 1
@@ -60,11 +71,11 @@ class Metrics:
                "label_checksum": float((np.where(mask, target, 0) * rows_idx).sum()),
                "logit_sum": float(logits.sum())}
         if p.losses is not None:
-            out["loss_entries"] = float(np.asarray(p.losses).size)
-            out["loss_sum"] = float(np.asarray(p.losses, dtype=np.float64).sum())
+            losses = _array(p.losses, 1, np.float64)
+            out["loss_entries"], out["loss_sum"] = float(losses.size), float(losses.sum())
         if p.inputs is not None:
             raw = p.inputs["input_ids"] if hasattr(p.inputs, "keys") else p.inputs  # batched: the raw batch
-            inputs = np.asarray(raw.cpu() if hasattr(raw, "cpu") else raw)
+            inputs = _array(raw, 2)
             out["input_checksum"] = float((np.where(inputs >= 0, inputs, 0) * (np.arange(len(inputs))[:, None] + 1))
                                           .sum())
         return out
@@ -139,7 +150,9 @@ def _args(case: dict, cp: int, out_dir: str) -> Any:
         eval_accumulation_steps=case.get("eval_accumulation_steps"),
         batch_eval_metrics=case.get("batch_eval_metrics", False),
         include_for_metrics=list(case.get("include_for_metrics", [])),
-        include_num_input_tokens_seen=case.get("tokens_seen", "no"),
+        eval_use_gather_object=case.get("gather_object", False),
+        eval_do_concat_batches=case.get("concat_batches", True),
+        include_num_input_tokens_seen=case.get("tokens_seen", False),
         average_tokens_across_devices=case.get("average_tokens", True), **extra)
 
 
@@ -147,7 +160,7 @@ def _arrays(output: Any) -> dict:
     import numpy as np
 
     preds = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return {"predictions": np.asarray(preds, dtype=np.float32), "label_ids": np.asarray(output.label_ids)}
+    return {"predictions": _array(preds, 3, np.float32), "label_ids": _array(output.label_ids, 2)}
 
 
 def run_case(case: dict, cp: int, out_dir: str) -> dict:

@@ -37,7 +37,8 @@ _BASE = {"strategy": "zigzag", "train_rows": 4, "train_batch": 1, "steps": 2, "t
 CASES = [
     {**_BASE, "id": "uneven-18-by-4", "eval_rows": 18, "eval_batch": 4},
     {**_BASE, "id": "drop-last-accumulate", "eval_rows": 18, "eval_batch": 4, "drop_last": True,
-     "eval_accumulation_steps": 2, "tokens_seen": "non_padding"},
+     "eval_accumulation_steps": 2, "tokens_seen": "non_padding", "concat_batches": False},
+    {**_BASE, "id": "gather-object", "eval_rows": 18, "eval_batch": 4, "gather_object": True},
     {**_BASE, "id": "batch-eval-metrics", "eval_rows": 17, "eval_batch": 4, "batch_eval_metrics": True},
     {**_BASE, "id": "best-model-avg-off", "strategy": "contiguous", "eval_rows": 10, "eval_batch": 4, "steps": 3,
      "best_model": True, "average_tokens": False, "include_for_metrics": []},
@@ -51,7 +52,7 @@ CASES_4 = [{**_BASE, "id": "cp2xdp2", "train_rows": 8, "eval_rows": 16, "eval_ba
 def _launch(cases, world, out):
     import torch
 
-    cases = [c if COUNTS_TOKENS else {**c, "tokens_seen": "no"} for c in cases]
+    cases = [c if COUNTS_TOKENS else {**c, "tokens_seen": False} for c in cases]  # False: 4.56 reads a bool
     code = (f"from tests.parity._eval_worker import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)")
     run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
     run_ranks(code.replace("CP", "2"), world, timeout=900)
@@ -170,6 +171,7 @@ def test_cp2_dp2_everything_reported_equals_one_process(tmp_path):
 _draw = st.fixed_dictionaries({
     "eval_rows": st.integers(5, 21), "eval_batch": st.integers(1, 5), "drop_last": st.booleans(),
     "eval_accumulation_steps": st.one_of(st.none(), st.integers(1, 3)), "batch_eval_metrics": st.booleans(),
+    "concat_batches": st.booleans(),
     "strategy": st.sampled_from(["zigzag", "contiguous"]),
 })
 

@@ -79,5 +79,14 @@ def test_tokens_seen_is_refused_where_upstream_counts_inline(trainer, cp, batch)
             trainer._prepare_context_parallel_inputs(trainer.model, dict(batch))
         if inline:
             assert "inline" in patched.reason and ">=5.3" in patched.reason
+        # 4.56 reads the flag as a bool ("no" is True): tokens counted before the step give it away
+        trainer.args.include_num_input_tokens_seen = "no"
+        trainer.state.num_input_tokens_seen = 64
+        with pytest.raises(cpshim.CpshimRuntimeError, match="read as True" if inline else "processes per CP group"):
+            trainer._prepare_context_parallel_inputs(trainer.model, dict(batch))
+        trainer.args.include_num_input_tokens_seen = False
+        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):  # off: not refused
+            trainer._prepare_context_parallel_inputs(trainer.model, dict(batch))
     finally:
         trainer.args.include_num_input_tokens_seen = saved
+        trainer.state.num_input_tokens_seen = 0
