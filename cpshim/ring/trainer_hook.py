@@ -149,7 +149,12 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     group, rank, cp = _cp_group(trainer)
     strategy = settings["strategy"]
     inputs = dict(inputs)
-    _check_mask(inputs.pop("attention_mask", None))
+    mask = inputs.get("attention_mask")
+    _check_mask(mask)
+    if mask is not None and mask.dim() != 2:
+        del inputs["attention_mask"]  # a causal 3-D/4-D mask: the ring is causal by construction
+    # A 2-D (right-padding) mask is sharded with the other sequence keys, padded with 0: the ring ignores it
+    # and no mask is built during sharded steps, but trainer code counts tokens from it (TRL's num_tokens).
     ids = inputs.get("input_ids")
     if ids is None:
         raise _fail("the batch has no input_ids; cpshim shards input_ids, labels, shift_labels and position_ids")

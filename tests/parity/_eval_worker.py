@@ -38,6 +38,15 @@ def rows(n: int, seed: int) -> list[dict]:
     return out
 
 
+def ragged(rows_: list[dict], seed: int) -> list[dict]:
+    """The same rows cut to lengths between SEQ/2 and SEQ: the collator pads (attention_mask marks it)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    cut = [int(torch.randint(SEQ // 2 + 1, SEQ + 1, (1,), generator=g)) for _ in rows_]
+    return [{k: v[:n] for k, v in r.items()} for r, n in zip(rows_, cut)]
+
+
 def _array(x: Any, ndim: int, dtype: Any = None) -> Any:
     """One array of `ndim` dims from what the eval loop returns: an array, or pieces in a list: batches
     (`eval_do_concat_batches=False`) or rows (`eval_use_gather_object=True`)."""
@@ -186,6 +195,8 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     metrics = Metrics(batched=case.get("batch_eval_metrics", False))
     recorder = _recorder()
     train_rows, eval_rows = rows(case["train_rows"], seed=7), rows(case["eval_rows"], seed=99)
+    if case.get("ragged"):
+        train_rows, eval_rows = ragged(train_rows, 5), ragged(eval_rows, 6)
     kwargs: dict[str, Any] = {}
     if case.get("sft"):
         from datasets import Dataset
@@ -196,8 +207,13 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
 
         train_rows, eval_rows = as_dataset(train_rows), as_dataset(eval_rows)
         kwargs["processing_class"] = _tokenizer()
+    callbacks: list[Any] = [recorder]
+    if case.get("best_model"):  # stops when eval_loss has not improved by 1e-4 for one evaluation
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e-4))
     trainer = Trainer(model=model, args=_args(case, cp, out_dir), train_dataset=train_rows, eval_dataset=eval_rows,
-                      compute_metrics=metrics, callbacks=[recorder], **kwargs)
+                      compute_metrics=metrics, callbacks=callbacks, **kwargs)
     train_out = trainer.train()
     evaluated = trainer.evaluate()
     predicted = trainer.predict(eval_rows)

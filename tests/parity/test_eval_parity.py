@@ -189,8 +189,9 @@ def test_drawn_sizes_equal_one_process(tmp_path_factory, drawn):
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="needs trl (not in the matrix cells yet)")
 def test_trl_sft_evaluate_and_predict_equal_one_process(tmp_path):
-    """TRL's SFTTrainer: its own prediction_step (unsharded eval on every CP rank) and compute_loss metrics
-    (entropy, token accuracy, gathered with gather_for_metrics) through the same DP-rank gathers."""
-    case = {**_BASE, "id": "sft", "sft": True, "eval_rows": 18, "eval_batch": 4}
+    """TRL's SFTTrainer: its own prediction_step (unsharded eval on every CP rank), its compute_loss metrics
+    (entropy, token accuracy, gathered with gather_for_metrics) and its token count (num_tokens, from the
+    sharded attention_mask) on rows of different lengths that its collator pads."""
+    case = {**_BASE, "id": "sft", "sft": True, "ragged": True, "train_batch": 2, "eval_rows": 18, "eval_batch": 4}
     bad = differences(*_launch([case], 2, str(tmp_path))["sft"])
     assert not bad, "\n".join(bad)
