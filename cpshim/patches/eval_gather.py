@@ -18,19 +18,19 @@ from ..modes import RING, cp_owned
 from .views import AttributeView
 
 
-def _ring_groups(call: Any, accelerator: Any) -> Any:
+def _eval_loop_groups(call: Any, accelerator: Any) -> Any:
+    """The groups, when this gather is the ring eval loop's own (inside the loop, outside a sharded step)."""
     from ..ring import data_parallel, runtime
 
-    if (call.mode != RING or data_parallel.disabled or runtime.eval_scope() is None
-            or runtime.current_step() is not None or not cp_owned(getattr(accelerator, "parallelism_config", None))):
+    if runtime.eval_scope() is None or runtime.current_step() is not None:
         return None
-    return data_parallel.groups(accelerator)
+    return data_parallel.owned_groups(call.mode, accelerator)
 
 
 def gather_for_metrics(call: Any, accelerator: Any, input_data: Any, use_gather_object: bool = False) -> Any:
     """`Accelerator.gather_for_metrics` (1.10-1.15). Keeps: upstream's function, its tensor/object choice
     and last-batch truncation. Turns off: gathering the cp copies of each value (ring eval loop only)."""
-    g = _ring_groups(call, accelerator)
+    g = _eval_loop_groups(call, accelerator)
     if g is None:
         return call.original(input_data, use_gather_object)
     from accelerate.utils import recursively_apply

@@ -9,27 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..modes import RING, cp_owned
+from ..ring import data_parallel
 from .views import AttributeView
-
-
-def _ring_groups(call: Any, trainer: Any) -> Any:
-    from ..ring import data_parallel
-
-    accelerator = trainer.accelerator
-    if call.mode != RING or data_parallel.disabled or not cp_owned(getattr(accelerator, "parallelism_config", None)):
-        return None
-    return data_parallel.groups(accelerator)
 
 
 def tokens_over_data_parallel(call: Any, trainer: Any, inputs: Any) -> Any:
     """`Trainer._track_num_input_tokens` (5.x). Keeps: upstream's count of the batch. Turns off: summing it
     over the cp ranks that share the batch (the sum runs over data-parallel ranks)."""
-    g = _ring_groups(call, trainer)
+    g = data_parallel.owned_groups(call.mode, trainer.accelerator)
     if g is None:
         return call.original(inputs)
-    from ..ring import data_parallel
-
     accelerator = AttributeView(trainer.accelerator, gather=lambda data: data_parallel.gather(data, g))
     return call.original.__func__(AttributeView(trainer, accelerator=accelerator), inputs)
 
@@ -37,7 +26,7 @@ def tokens_over_data_parallel(call: Any, trainer: Any, inputs: Any) -> Any:
 def flos_once_per_group(call: Any, trainer: Any) -> Any:
     """`Trainer.store_flos` (4.56-5.24). Keeps: upstream's sum over processes. Turns off: the FLOPs of the
     cp-1 ranks that computed shards of a batch their group's first rank already counted in full."""
-    g = _ring_groups(call, trainer)
+    g = data_parallel.owned_groups(call.mode, trainer.accelerator)
     if g is not None and g.cp_rank != 0:  # same type as its peers' (a float after a step): one tensor dtype
         trainer.current_flos = type(trainer.current_flos)()
     return call.original()

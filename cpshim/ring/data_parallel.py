@@ -24,6 +24,15 @@ class Groups:
         self.dp, self.dp_size, self.cp, self.cp_rank, self.cp_size = dp, dp_size, cp, cp_rank, cp_size
 
 
+def owned_groups(mode: str, accelerator: Any) -> Groups | None:
+    """`groups` when the call is in ring mode with CP owned by cpshim (and the negative control is off)."""
+    from ..modes import RING, cp_owned
+
+    if mode != RING or disabled or not cp_owned(getattr(accelerator, "parallelism_config", None)):
+        return None
+    return groups(accelerator)
+
+
 def groups(accelerator: Any) -> Groups | None:
     """None unless this process is a rank of a CP mesh (accelerate built `cp`, and `dp` when dp > 1)."""
     import torch.distributed as dist
@@ -109,9 +118,3 @@ def check_replicated(data: Any, g: Groups, what: str) -> None:
             "data-parallel rank would drop the other ranks' part. A value computed from a shard (a per-rank "
             "partial sum) must be reduced over the CP group before the Trainer's eval loop gathers it"
         )
-
-
-def is_cp_leader(accelerator: Any) -> bool:
-    """True on the first rank of each CP group (and outside CP): the one whose counts stand for its group."""
-    g = groups(accelerator)
-    return g is None or g.cp_rank == 0
