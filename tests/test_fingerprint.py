@@ -389,10 +389,10 @@ def test_check_reports_stale_data_and_unmatched_components(live_module):
     chk = fp.check(FakePatch)
     assert chk.stale and not chk.matched and "regenerate" in chk.reason
 
-    saved = fp._DATA
+    saved = fp.data._DATA
     try:
         live = fp.component_hash_live(f"{name}:plain")
-        fp._DATA = {"normaliser": fp.NORMALISER, "patches": {"p": {
+        fp.data._DATA = {"normaliser": fp.NORMALISER, "patches": {"p": {
             "watch": [f"{name}:plain", f"{name}:decorated"],
             "fingerprints": {}, "components": {f"{name}:plain": {live: ["1.0"]}}}}}
         FakePatch.id, FakePatch.watch = "p", (f"{name}:plain", f"{name}:decorated")
@@ -400,11 +400,11 @@ def test_check_reports_stale_data_and_unmatched_components(live_module):
         assert not chk.stale and not chk.matched
         assert chk.unmatched == (f"{name}:decorated",)
         assert chk.reason == "decorated differs from every tested release"
-        fp._DATA["patches"]["p"]["fingerprints"] = {chk.fingerprint: ["1.0"]}
+        fp.data._DATA["patches"]["p"]["fingerprints"] = {chk.fingerprint: ["1.0"]}
         chk = fp.check(FakePatch)
         assert chk.matched and chk.releases == ("1.0",) and chk.reason is None
     finally:
-        fp._DATA = saved
+        fp.data._DATA = saved
 
 
 # ------------------------------------------------------------------------ real upstream
