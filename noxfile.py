@@ -52,6 +52,9 @@ nox.needs_version = ">=2024.3"
 SUITES = {
     "full": ["tests", "-m", "not gpu"],
     "smoke": ["tests/upstream", "tests/test_compat.py", "-m", "not multiproc and not gpu"],
+    # another torch: what depends on it (c10d ring exchange, accelerate's mesh, the aten op binding)
+    "torch": ["tests/upstream", "tests/test_compat.py", "tests/ring", "tests/parity/test_ring_parity.py",
+              "-m", "not gpu"],
 }
 UNIT = ["tests", "--ignore=tests/upstream", "--ignore=tests/ring", "-m", "not upstream and not multiproc and not gpu"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]
@@ -89,15 +92,18 @@ def _find_links() -> list[str]:
     return out
 
 
-def _torch_requirement() -> str:
-    """torch==TORCH; the local CPU build when $PIP_FIND_LINKS holds it (never a CUDA build by accident)."""
-    if os.environ.get("CPSHIM_TORCH"):
+def _torch_requirement(version: str = TORCH) -> str:
+    """torch==version; the local CPU build when $PIP_FIND_LINKS holds it (never a CUDA build by accident).
+
+    A cell on another torch than the matrix's default gets the index's build of exactly that release
+    (a CUDA build, which runs on the CPU: about 3 GB with its nvidia packages, kept in uv's cache)."""
+    if os.environ.get("CPSHIM_TORCH") and version == TORCH:
         return os.environ["CPSHIM_TORCH"]
     for entry in (os.environ.get("PIP_FIND_LINKS") or "").split():
         path = entry.removeprefix("file://")
-        if os.path.isdir(path) and glob.glob(os.path.join(path, f"torch-{TORCH}+cpu-*.whl")):
-            return f"torch=={TORCH}+cpu"
-    return f"torch=={TORCH}"
+        if os.path.isdir(path) and glob.glob(os.path.join(path, f"torch-{version}+cpu-*.whl")):
+            return f"torch=={version}+cpu"
+    return f"torch=={version}"
 
 
 TORCH_CHECK = """
@@ -106,21 +112,23 @@ want = sys.argv[1]
 have = md.version("torch")
 names = {(d.metadata["Name"] or "") for d in md.distributions()}
 cuda = sorted(n for n in names if n.lower().startswith("nvidia"))
+cuda_ok = sys.argv[2] == "cuda-ok"
 assert have.split("+")[0] == want.split("==")[1].split("+")[0], f"torch {have} installed, {want} required"
-assert not cuda, f"CUDA packages installed in a CPU session: {cuda}"
-print(f"torch {have}, no CUDA packages")
+assert cuda_ok or not cuda, f"CUDA packages installed in a CPU session: {cuda}"
+print(f"torch {have}, " + (f"{len(cuda)} CUDA packages (a CUDA build, run on the CPU)" if cuda else "no CUDA packages"))
 """
 
 
-def _install_cpu(session: nox.Session, *requirements: str) -> None:
+def _install_cpu(session: nox.Session, *requirements: str, torch_version: str = TORCH) -> None:
     """cpshim (editable) + test deps + `requirements`, torch pinned, in one resolution.
 
     --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set (as on this
     machine) every fresh interpreter compiled transformers again: 10.6 s per `import transformers.trainer`
     instead of 4.5 s, paid by each of the many processes a full cell starts."""
-    torch = _torch_requirement()
+    torch = _torch_requirement(torch_version)
     session.install(*_find_links(), "--compile-bytecode", "-e", ".", *TEST_DEPS, torch, *requirements)
-    session.run("python", "-c", TORCH_CHECK, torch, silent=False)
+    cuda_ok = "cuda-ok" if torch_version != TORCH else "cpu-only"  # only a torch cell takes a CUDA build
+    session.run("python", "-c", TORCH_CHECK, torch, cuda_ok, silent=False)
 
 
 def _env(session: nox.Session) -> dict[str, str]:
@@ -201,7 +209,8 @@ def tests(session: nox.Session, cell: dict) -> None:
     path.unlink(missing_ok=True)  # never leave a previous run's result behind a failed install
     try:
         _install_cpu(session, f"transformers=={cell['transformers']}", f"accelerate=={cell['accelerate']}",
-                     f"ring-flash-attn=={RING}")  # ring-flash-attn 0.1.8 declares no dependencies
+                     f"ring-flash-attn=={RING}", *cell["pins"],  # ring-flash-attn 0.1.8 declares no dependencies
+                     torch_version=cell["torch"])
     except nox.command.CommandFailed as exc:
         _write_failure(path, "cell", cell["id"], str(exc), suite=cell["suite"],
                        timing={"install_s": round(time.monotonic() - started, 1),
@@ -243,8 +252,7 @@ def latest(session: nox.Session) -> None:
                                                   "pytest_s": round(done - installed, 1),
                                                   "total_s": round(done - started, 1)})
     versions = data.get("versions") or {}
-    cell = next((c for c in CELLS if (c["transformers"], c["accelerate"])
-                 == (versions.get("transformers"), versions.get("accelerate"))), None)
+    cell = render.cell_of(MATRIX, versions)
     status, notes = render.judge(data, cell)
     pair = f"transformers {versions.get('transformers')} + accelerate {versions.get('accelerate')}"
     verdict = f"tested cell {cell['id']}" if cell else "not a matrix cell: untested"

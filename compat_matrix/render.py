@@ -30,14 +30,21 @@ COMPAT = ROOT / "compat_matrix" / "COMPAT.md"
 DATA = ROOT / "cpshim" / "_data" / "matrix.json"
 DATA_SCHEMA = 1
 NONE = "none"  # expectation: no variant applies
-STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "suite", "also", "why", "expect")
-SUITES = ("full", "smoke")
+STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "suite", "also", "why", "expect", "pins",
+               "refuses")
+SUITES = ("full", "smoke", "torch")
 MARK = {"passed": "passed", "failed": "**FAILED**", "untested": "untested", "unsupported": "**unsupported**",
         "not-run": "not run"}
 
 
-def cell_id(transformers: str, accelerate: str) -> str:
-    return f"t{transformers}-a{accelerate}"
+def cell_id(transformers: str, accelerate: str, torch: str | None = None) -> str:
+    """`t5.24.0-a1.15.0`; a cell on another torch than the matrix's default adds `-torch2.15.0`."""
+    return f"t{transformers}-a{accelerate}" + (f"-torch{torch}" if torch else "")
+
+
+def release(version: str | None) -> str | None:
+    """`2.13.0+cpu` -> `2.13.0` (a local build label is not another release)."""
+    return version.split("+")[0] if version else version
 
 
 class MatrixError(ValueError):
@@ -62,19 +69,29 @@ def load_matrix(path: Path = MATRIX) -> dict[str, Any]:
         expect = cell.get("expect")
         if not isinstance(expect, dict) or not all(isinstance(v, str) for v in expect.values()):
             raise MatrixError(f"{where}: [cell.expect] must map patch id -> variant name (or {NONE!r})")
-        cid = cell_id(cell["transformers"], cell["accelerate"])
+        torch = cell.get("torch", raw["torch"])
+        if not isinstance(torch, str) or not torch:
+            raise MatrixError(f"{where}: `torch` must be a version string")
+        cid = cell_id(cell["transformers"], cell["accelerate"], None if torch == raw["torch"] else torch)
         if cid in seen:
             raise MatrixError(f"{where}: duplicate cell {cid}")
         seen.add(cid)
         also = cell.get("also", [])
         if not isinstance(also, list) or not all(isinstance(a, str) and a for a in also):
             raise MatrixError(f"{where}: `also` must be a list of test paths")
-        extra = set(cell) - {"transformers", "accelerate", "suite", "also", "why", "expect"}
+        pins, refuses = cell.get("pins", []), cell.get("refuses", [])
+        for key, val in (("pins", pins), ("refuses", refuses)):
+            if not isinstance(val, list) or not all(isinstance(a, str) and a for a in val):
+                raise MatrixError(f"{where}: `{key}` must be a list of strings")
+        if set(refuses) - set(expect) or any(expect[r] != NONE for r in refuses):
+            raise MatrixError(f"{where}: every id in `refuses` needs `{NONE}` in [cell.expect] (a refusal selects none)")
+        extra = set(cell) - {"transformers", "accelerate", "torch", "suite", "also", "why", "expect", "pins",
+                             "refuses"}
         if extra:
             raise MatrixError(f"{where}: unknown keys {sorted(extra)}")
         cells.append({"id": cid, "transformers": cell["transformers"], "accelerate": cell["accelerate"],
-                      "python": raw["python"], "torch": raw["torch"], "suite": cell["suite"], "also": list(also),
-                      "why": cell["why"], "expect": dict(expect)})
+                      "python": raw["python"], "torch": torch, "suite": cell["suite"], "also": list(also),
+                      "why": cell["why"], "expect": dict(expect), "pins": list(pins), "refuses": list(refuses)})
     if not cells:
         raise MatrixError(f"{path}: no [[cell]]")
     return {**{k: v for k, v in raw.items() if k != "cell"}, "cells": cells}
@@ -134,8 +151,8 @@ def judge(result: dict[str, Any] | None, cell: dict[str, Any] | None) -> tuple[s
         return "failed", [f"install failed: {install.get('error', '?')}"]
     versions = result.get("versions") or {}
     if cell is not None:
-        for dist in ("transformers", "accelerate"):
-            if versions.get(dist) != cell[dist]:
+        for dist in ("transformers", "accelerate", "torch"):
+            if release(versions.get(dist)) != cell[dist]:
                 status = "failed"
                 notes.append(f"installed {dist} {versions.get(dist)}, the cell is {cell[dist]}")
     patches = result.get("patches") or {}
@@ -154,8 +171,14 @@ def judge(result: dict[str, Any] | None, cell: dict[str, Any] | None) -> tuple[s
             if pid not in cell["expect"]:
                 status = "failed"
                 notes.append(f"{pid}: no expectation in matrix.toml for this cell")
+    refuses = set(cell["refuses"]) if cell is not None else set()
+    for pid in sorted(refuses):
+        if (patches.get(pid) or {}).get("support") != "unsupported":
+            status = "failed"
+            notes.append(f"{pid}: the matrix expects cpshim to refuse this cell's versions, it selected "
+                         f"{(patches.get(pid) or {}).get('support')}")
     for pid, rec in patches.items():
-        if not rec.get("needed", True):
+        if not rec.get("needed", True) or pid in refuses:
             continue
         support = rec.get("support")
         if support in ("untested", "unsupported"):
@@ -229,6 +252,12 @@ def _extra_results(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
     return out
 
 
+def cell_of(matrix: dict[str, Any], versions: dict[str, Any]) -> dict[str, Any] | None:
+    """The matrix cell of these installed versions (transformers, accelerate and torch's release)."""
+    key = (versions.get("transformers"), versions.get("accelerate"), release(versions.get("torch")))
+    return next((c for c in matrix["cells"] if (c["transformers"], c["accelerate"], c["torch"]) == key), None)
+
+
 def judge_extra(matrix: dict[str, Any], result: dict[str, Any]) -> tuple[str, list[str], str | None]:
     """(status, notes, same cell id) of a result outside the matrix (e.g. `nox -s latest`).
 
@@ -236,8 +265,7 @@ def judge_extra(matrix: dict[str, Any], result: dict[str, Any]) -> tuple[str, li
     `untested` (passing tests on a pair that is not a cell prove less than a cell).
     """
     versions = result.get("versions") or {}
-    pair = (versions.get("transformers"), versions.get("accelerate"))
-    cell = next((c for c in matrix["cells"] if (c["transformers"], c["accelerate"]) == pair), None)
+    cell = cell_of(matrix, versions)
     status, notes = judge(result, cell)
     if cell is not None:
         return status, [f"same pair as cell {cell['id']}", *notes], cell["id"]
@@ -304,18 +332,21 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
     total = sum(_seconds(results.get(c["id"])) or 0 for c in cells)
     lines += [
         "",
-        (f"Every cell runs on **Python {matrix['python']}** and **torch {matrix['torch']}** "
-         f"({matrix.get('torch_note', '')}): one value each, nothing else is claimed. "
-         f"ring-flash-attn {matrix.get('ring_flash_attn', '-')} is installed in every cell."),
+        (f"Every cell runs on **Python {matrix['python']}**; torch is **{matrix['torch']}** "
+         f"({matrix.get('torch_note', '')}) unless the torch column says otherwise "
+         f"({matrix.get('torch_cells_note', '')}). "
+         f"ring-flash-attn {matrix.get('ring_flash_attn', '-')} is installed in every cell. A patch in a cell's "
+         "`refuses` list is one cpshim must refuse there by name (e.g. ring CP below torch 2.6); the cell "
+         "passes only if it does."),
         "",
         ("A cell *passed* when its tests passed, cpshim selected the variant `compat_matrix/matrix.toml` expects "
          "for every patch, every selection is `supported`, and the upstream code it patches matches a tested "
          "release's fingerprint. `full` cells run every CPU test (patch contract, multi-rank, ring); `smoke` "
          "cells run the real Trainer/Accelerator tests in one process."),
         "",
-        "| transformers | accelerate | result | " + " | ".join(f"`{p}`" for p in pids)
+        "| transformers | accelerate | torch | result | " + " | ".join(f"`{p}`" for p in pids)
         + " | tests | suite | time |",
-        "|---|---|---|" + "---|" * len(pids) + "---|---|---|",
+        "|---|---|---|---|" + "---|" * len(pids) + "---|---|---|",
     ]
     for c in cells:
         result = results.get(c["id"])
@@ -326,9 +357,10 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
             expected = c["expect"].get(p, "?")
             rec = got.get(p)
             actual = (rec.get("variant") or NONE) if rec else None
-            variants.append(expected if actual in (None, expected) or result is None
-                            else f"{actual} (expected {expected})")
-        lines.append(f"| {c['transformers']} | {c['accelerate']} | {MARK[status]} | " + " | ".join(variants)
+            shown = expected if actual in (None, expected) or result is None else f"{actual} (expected {expected})"
+            variants.append(f"refused ({shown})" if p in c["refuses"] else shown)
+        lines.append(f"| {c['transformers']} | {c['accelerate']} | {c['torch']} | {MARK[status]} | "
+                     + " | ".join(variants)
                      + f" | {_counts(result)} | {c['suite']} | {_fmt_time(_seconds(result))} |")
     lines += ["", f"Sum of the cells' times (install included): {_fmt_time(total) if total else '-'}."]
     if run and len(runs) == 1 and (run.get("run") or {}).get("id") == next(iter(runs))[0]:

@@ -57,6 +57,24 @@ def _get(url: str, accept: str | None = None, timeout: float = 60) -> bytes:
         return resp.read()
 
 
+#: Distributions without a py3 wheel: the build whose files are read (their Python sources and data
+#: are the same in every build of a release; only the native libraries differ).
+PLATFORM_WHEELS = {"torch": ("cp311", "manylinux", "x86_64")}
+#: What a torch wheel is cut down to in the cache (a torch wheel is about 800 MB): the operator
+#: schemas and the modules the catalog watches. A cut-down wheel lists its members in MANIFEST, and a
+#: module outside it is an error (re-download), never `absent`.
+SLIM_MEMBERS = {"torch": ("torchgen/packaged/ATen/native/native_functions.yaml",
+                          "torch/distributed/distributed_c10d.py", "torch/distributed/device_mesh.py")}
+MANIFEST = "CPSHIM-SLIM-MANIFEST"
+
+
+def _wanted(dist: str, tags) -> bool:
+    if dist not in PLATFORM_WHEELS:
+        return any(t.interpreter.startswith("py3") for t in tags)
+    interp, plat, arch = PLATFORM_WHEELS[dist]
+    return any(t.interpreter == interp and plat in t.platform and arch in t.platform for t in tags)
+
+
 def _files_to_releases(dist: str, files: list[dict], lo: Version, hi: Version) -> tuple[list[Release], str]:
     """`files`: dicts with filename, yanked (bool or reason string), upload-time, hashes.sha256."""
     by_version: dict[str, list[dict]] = {}
@@ -68,7 +86,7 @@ def _files_to_releases(dist: str, files: list[dict], lo: Version, hi: Version) -
             _, ver, _, tags = parse_wheel_filename(name)
         except Exception:
             continue
-        if not any(t.interpreter.startswith("py3") for t in tags):
+        if not _wanted(dist, tags):
             continue
         by_version.setdefault(str(ver), []).append(f)
     out = []
@@ -139,7 +157,33 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _slim_path(rel: Release, cache: str) -> str:
+    return os.path.join(cache, "slim", f"{rel.wheel}.slim.zip")
+
+
+def slim(wheel_path: str, out_path: str, members: tuple, sha256: str | None) -> str:
+    """Cut a wheel down to `members` (plus a manifest naming them and the wheel's sha256)."""
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    tmp = out_path + ".tmp"
+    with zipfile.ZipFile(wheel_path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        names = set(src.namelist())
+        for m in members:
+            if m in names:
+                dst.writestr(m, src.read(m))
+        dst.writestr(MANIFEST, json.dumps({"members": list(members), "sha256": sha256}))
+    os.replace(tmp, out_path)
+    return out_path
+
+
 def _cached(rel: Release, cache: str) -> str | None:
+    if rel.dist in SLIM_MEMBERS and rel.wheel:
+        path = _slim_path(rel, cache)
+        if os.path.exists(path):
+            with zipfile.ZipFile(path) as zf:
+                meta = json.loads(zf.read(MANIFEST))
+            if tuple(meta["members"]) == SLIM_MEMBERS[rel.dist] and meta["sha256"] == rel.sha256:
+                return path
+        return None
     if rel.wheel:
         path = os.path.join(cache, rel.wheel)
         if os.path.exists(path) and (rel.sha256 is None or _sha256(path) == rel.sha256):
@@ -158,13 +202,23 @@ def download(rel: Release, cache: str) -> str:
     path = _cached(rel, cache)
     if path:
         return path
+    dest = os.path.join(cache, "full") if rel.dist in SLIM_MEMBERS else cache
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--ignore-requires-python",
-        "--disable-pip-version-check", "--quiet", "-d", cache, f"{rel.dist}=={rel.version}",
+        "--disable-pip-version-check", "--quiet", "-d", dest, f"{rel.dist}=={rel.version}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # no local constraint or find-links: the index's build of exactly this release (torch: no 2.14.1 cap)
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+    if rel.dist in SLIM_MEMBERS:
+        full = os.path.join(dest, rel.wheel or "")
+        if not os.path.exists(full) or (rel.sha256 and _sha256(full) != rel.sha256):
+            raise RuntimeError(f"pip downloaded {rel.dist}=={rel.version} but {rel.wheel} is missing or its "
+                               f"sha256 differs from the index's ({rel.sha256})")
+        slim(full, _slim_path(rel, cache), SLIM_MEMBERS[rel.dist], rel.sha256)
+        os.remove(full)
     path = _cached(rel, cache)
     if not path:
         raise RuntimeError(f"pip downloaded {rel.dist}=={rel.version} but the wheel is missing or its sha256 "
@@ -180,10 +234,20 @@ def download_all(releases: list[Release], cache: str, jobs: int = 6) -> dict[tup
         return dict(pool.map(one, releases))
 
 
+def member_text(wheel: zipfile.ZipFile, name: str) -> str | None:
+    """A data file inside an open (possibly cut-down) wheel, or None when it has none."""
+    return wheel.read(name).decode("utf-8") if name in set(wheel.namelist()) else None
+
+
 def module_source(wheel: zipfile.ZipFile, module: str) -> str | None:
     """Source text of `module` inside an open wheel, or None when the wheel has no such module."""
     base = module.replace(".", "/")
     names = set(wheel.namelist())
+    if MANIFEST in names:
+        kept = json.loads(wheel.read(MANIFEST))["members"]
+        if not any(c in kept for c in (base + ".py", base + "/__init__.py")):
+            raise RuntimeError(f"{wheel.filename} is cut down to {kept}, without {module}: add it to "
+                               f"wheels.SLIM_MEMBERS and delete the cut-down wheels to download them again")
     for cand in (base + ".py", base + "/__init__.py"):
         if cand in names:
             return wheel.read(cand).decode("utf-8")

@@ -64,6 +64,7 @@ class Cell:
     status: str = "not-run"
     run: str | None = None
     notes: tuple[str, ...] = ()
+    refuses: tuple[str, ...] = ()  # entries cpshim must refuse on this cell (e.g. ring CP below torch 2.6)
 
     @property
     def passed(self) -> bool:
@@ -80,6 +81,7 @@ def _cell(raw: Mapping[str, Any]) -> Cell:
         id=raw["id"], transformers=raw["transformers"], accelerate=raw["accelerate"], python=raw["python"],
         torch=raw["torch"], suite=raw["suite"], why=raw.get("why", ""), expect=dict(raw["expect"]),
         status=result.get("status", "not-run"), run=result.get("run"), notes=tuple(result.get("notes", ())),
+        refuses=tuple(raw.get("refuses", ())),
     )
 
 
@@ -137,17 +139,16 @@ def _group_of(patch_id: str, release: str) -> str | None:
     return None
 
 
-def _same_code(transformers: str, accelerate: str, selected: Mapping[str, str | None]) -> tuple[str, ...]:
-    """Passing cells whose releases share every patch's fingerprint group with this pair."""
+def _same_code(versions: Mapping[str, str], selected: Mapping[str, str | None]) -> tuple[str, ...]:
+    """Passing cells whose releases share every patch's fingerprint group with these versions."""
     from .patches.catalog import REGISTRY
 
-    versions = {"transformers": transformers, "accelerate": accelerate}
     out = []
     for c in cells(passed_only=True):
-        cell_versions = {"transformers": c.transformers, "accelerate": c.accelerate}
+        cell_versions = {"transformers": c.transformers, "accelerate": c.accelerate, "torch": c.torch}
         same = True
         for patch in REGISTRY:
-            if patch.dist not in versions:
+            if not versions.get(patch.dist):
                 continue
             if c.expect.get(patch.id, "none") != (selected.get(patch.id) or "none"):
                 same = False
@@ -161,21 +162,24 @@ def _same_code(transformers: str, accelerate: str, selected: Mapping[str, str | 
     return tuple(out)
 
 
-def supported(transformers: str, accelerate: str) -> Support:
+def supported(transformers: str, accelerate: str, torch: str | None = None) -> Support:
     """Is this pair tested (a matrix cell), covered by the same upstream code, or neither?
 
-    Never imports the libraries and never raises on odd version strings (an invalid one is
-    ``unsupported`` with a reason).
+    `torch`: the torch release (default: the matrix's default torch, on which most cells run). Never
+    imports the libraries and never raises on odd version strings (an invalid one is ``unsupported``
+    with a reason).
     """
     import cpshim
 
-    rep = cpshim.report(versions={"transformers": transformers, "accelerate": accelerate})
+    torch = torch or str(load().get("torch") or "")
+    rep = cpshim.report(versions={"transformers": transformers, "accelerate": accelerate, "torch": torch or None})
     needed = [p for p in rep.patches if p.state != "not-needed"]
     selected = {p.id: p.variant for p in rep.patches}
     support = rep.exit_code()
     support_word = {0: "supported", 1: "unsupported", 2: "untested"}[support]
     reasons = tuple(f"{p.id}: {p.reason}" for p in needed if p.support != "supported")
-    cell = next((c for c in cells() if c.transformers == transformers and c.accelerate == accelerate), None)
+    cell = next((c for c in cells() if (c.transformers, c.accelerate, c.torch) == (transformers, accelerate,
+                                                                                 torch.split("+")[0])), None)
     if cell is not None:
         variants: dict[str, str | None] = {k: (None if v == "none" else v) for k, v in cell.expect.items()}
         verdict = "tested" if cell.passed else "tested-failing"
@@ -183,7 +187,7 @@ def supported(transformers: str, accelerate: str) -> Support:
                        reasons=reasons, notes=cell.notes)
     if support_word != "supported":
         return Support(transformers, accelerate, support_word, support_word, selected, reasons=reasons)
-    same = _same_code(transformers, accelerate, selected)
+    same = _same_code({"transformers": transformers, "accelerate": accelerate, "torch": torch}, selected)
     verdict = "same-code" if same else "in-range"
     notes = () if same else (("no tested cell has the same upstream code for every patch; run "
                               "`nox -s latest` or your own tests before relying on it"),)

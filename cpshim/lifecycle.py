@@ -17,7 +17,7 @@ from collections import namedtuple
 from . import modes, patching
 from .errors import ConfigurationError, CpshimWarning, UnsupportedVersionError
 from .patches.catalog import REGISTRY
-from .registry import SUPPORTED, UNSUPPORTED, UNTESTED, Patch, Registry, Selection, select
+from .registry import SUPPORTED, UNSUPPORTED, UNTESTED, USES, Patch, Registry, Selection, select
 from .versions import VersionInfo, from_strings, installed
 
 TYPE_CHECKING = False  # typing costs import time; annotations are strings here
@@ -103,6 +103,13 @@ def notice(kind: str, reason: str, **fields: Any) -> None:
 
 # ---------------------------------------------------------------- call time
 
+def refused_uses() -> list[tuple[str, str]]:
+    """(id, what it is and why it is refused) of every `uses` entry the installed versions leave
+    unsupported: ring mode refuses to start."""
+    return [(s.patch.id, f"{s.patch.summary}: {s.selection.reason}") for s in _states.values()
+            if s.patch.kind == USES and s.selection.support == UNSUPPORTED]
+
+
 def is_active(patch_id: str) -> bool:
     """Whether the patch is applied and running (ring mode refuses a feature whose fix is not)."""
     st = _states.get(patch_id)
@@ -165,9 +172,13 @@ def _check_fingerprint(st: _State) -> None:
 
 
 def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:
-    """Install one patch whose module is imported; returns the states with version problems."""
-    problems: list[_State] = []
+    """Install one patch whose module is imported; returns the states with version problems.
+
+    A `uses` entry installs nothing: its upstream code is fingerprinted and it is in use."""
     _check_fingerprint(st)
+    if st.patch.kind == USES:
+        st.state, st.active = "in-use", True
+        return _report_support(st, during_import)
     try:
         inst = patching.install(st.patch.id, module_name, st.patch.attr_path, _dispatch, st.wrapper)
     except Exception as e:  # never break the user's import: record, fail the group, maybe raise later
@@ -179,13 +190,17 @@ def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:
     st.installed, st.wrapper = inst, inst.wrapper
     group_failed = any(o.state == "failed" for o in _group_members(st))
     st.state, st.active = ("failed", False) if group_failed else ("applied", True)
-    if st.support != SUPPORTED:
-        problems.append(st)
-        if _policy == "strict" and during_import:
-            st.raise_on_call = UnsupportedVersionError(st.reason)
-    if during_import and st.support != SUPPORTED and _policy == "warn":
-        warnings.warn(f"cpshim: {st.patch.id}: {st.reason}", CpshimWarning, stacklevel=2)
-    return problems
+    return _report_support(st, during_import)
+
+
+def _report_support(st: _State, during_import: bool) -> list[_State]:
+    if st.support == SUPPORTED:
+        return []
+    if _policy == "strict" and during_import:
+        st.raise_on_call = UnsupportedVersionError(st.reason)
+    if during_import and _policy == "warn":
+        warnings.warn(f"cpshim: {st.patch.id}: {st.reason}", CpshimWarning, stacklevel=3)
+    return [st]
 
 
 def _on_import(module: Any) -> None:
@@ -200,6 +215,8 @@ def _prepare(st: _State) -> None:
     variant = st.selection.variant
     if variant is None:
         _fail(st, st.selection.reason)
+        return
+    if variant.impl is None:  # a `uses` entry that names no cpshim code
         return
     module_name, _, attr = variant.impl.partition(":")
     try:
@@ -228,14 +245,14 @@ def apply(policy: str | None = None, *, full_length_keys: bool | None = None, mo
         needed = [s for s in _states.values() if s.state != "not-needed"]
         if _policy == "off":
             for st in needed:
-                if st.state not in ("applied", "pending-import"):
+                if st.state not in ("applied", "in-use", "pending-import"):
                     st.state, st.reason = "disabled", "CPSHIM_POLICY=off: cpshim patches nothing"
             return report()
         if _policy == "strict":
             bad = [s for s in needed if s.selection.support != SUPPORTED]
             if bad:
                 raise _strict_error(bad)
-        fresh = [s for s in needed if s.state not in ("applied", "pending-import")]
+        fresh = [s for s in needed if s.state not in ("applied", "in-use", "pending-import")]
         for st in fresh:
             st.support, st.reason, st.raise_on_call = st.selection.support, st.selection.reason, None
             st.state, st.error = "selected", None
@@ -283,7 +300,7 @@ def _revert_states(states: list[_State], quiet: bool = False) -> None:
                 patching.uninstall(st.installed)
             st.installed = None
         st.active, st.raise_on_call = False, None
-        if st.state in ("applied", "pending-import", "failed", "disabled"):
+        if st.state in ("applied", "in-use", "pending-import", "failed", "disabled"):
             st.state = "reverted"
 
 
@@ -302,7 +319,7 @@ def _record(st: _State) -> PatchRecord:
 
     v = st.selection.variant
     return PatchRecord(
-        id=st.patch.id, target=st.patch.target, group=st.patch.group, variant=v.name if v else None,
+        id=st.patch.id, target=st.patch.target, group=st.patch.group, variant=v.name if v else None, kind=st.patch.kind,
         state=st.state, support=st.support, reason=st.reason,
         requires=dict(v.requires) if v else None, info=dict(v.info) if v else {},
         conflicts=[c.to_dict() for c in st.selection.conflicts], fingerprint=st.fingerprint, error=st.error,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
-STATES = ("selected", "applied", "pending-import", "not-needed", "failed", "reverted", "disabled")
+STATES = ("selected", "applied", "in-use", "pending-import", "not-needed", "failed", "reverted", "disabled")
 
 
 @dataclass
@@ -24,10 +24,11 @@ class PatchRecord:
     conflicts: list[dict[str, str | None]] = field(default_factory=list)
     fingerprint: dict[str, Any] | None = None
     error: str | None = None
+    kind: str = "patch"  # "uses": upstream code cpshim calls (torch), fingerprinted, never patched
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "target": self.target, "group": self.group, "variant": self.variant,
+            "id": self.id, "kind": self.kind, "target": self.target, "group": self.group, "variant": self.variant,
             "state": self.state, "support": self.support, "reason": self.reason,
             "requires": dict(self.requires) if self.requires is not None else None,
             "info": _jsonable(self.info), "conflicts": list(self.conflicts),
@@ -83,12 +84,13 @@ class Report:
         lines = [f"cpshim report (mode: {self.mode}, policy: {self.policy}"
                  + (", hypothetical versions" if self.hypothetical else "") + ")"]
         lines.append("versions: " + ", ".join(f"{d} {v or '-'}" for d, v in self.versions.items()))
-        rows = [("patch", "variant", "state", "support")] + [
-            (p.id, p.variant or "-", p.state, p.support) for p in self.patches
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        for kind, title in (("patch", "patch"), ("uses", "uses (torch: not patched)")):
+            rows = [(title, "variant", "state", "support")] + [
+                (p.id, p.variant or "-", p.state, p.support) for p in self.patches if p.kind == kind
+            ]
+            widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            for row in rows if len(rows) > 1 else ():
+                lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         for p in self.patches:
             lines.append(f"- {p.id}: {p.reason}")
         for n in self.notices:

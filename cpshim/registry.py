@@ -33,9 +33,12 @@ class Variant(namedtuple("Variant", ["name", "requires", "ceiling", "impl", "inf
         return {dist: parse_range(spec) for dist, spec in self.requires.items()}
 
 
+PATCH, USES = "patch", "uses"
+
+
 class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "group", "watch", "summary",
-                                 "follows_mode", "fixed_in", "needed_from", "refused_before"],
-                       defaults=(None, (), "", True, None, None, None))):
+                                 "follows_mode", "fixed_in", "needed_from", "refused_before", "kind"],
+                       defaults=(None, (), "", True, None, None, None, PATCH))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
@@ -46,6 +49,9 @@ class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "g
     name). `follows_mode=False`: the wrapper runs in every mode and decides by its own state.
     `refused_before`: `(release, what ring mode does instead)`: below the release upstream has no
     target to patch (the code is inline elsewhere), so ring mode refuses the feature by name.
+    `kind=USES`: nothing is patched; `target` is upstream code cpshim (or ring-flash-attn, or accelerate
+    under cpshim) calls, selected, fingerprinted and reported like a patch, so that a release it was
+    not tested with is `untested` and one it cannot work with is `unsupported` (torch's ops and APIs).
     """
 
     __slots__ = ()
@@ -168,6 +174,8 @@ class Registry:
             raise RegistrationError(f"{patch.id}: target {patch.target!r} is not 'module:Owner.attr'")
         if not patch.variants:
             raise RegistrationError(f"{patch.id}: no variants")
+        if patch.kind not in (PATCH, USES):
+            raise RegistrationError(f"{patch.id}: kind {patch.kind!r} is not {PATCH!r} or {USES!r}")
         for variant in patch.variants:
             try:
                 variant.specifiers()
@@ -178,7 +186,7 @@ class Registry:
                 [release_key(c) for c in variant.ceiling.values()]
             except (InvalidRange, ValueError) as e:
                 raise RegistrationError(f"{patch.id}/{variant.name}: {e}") from e
-            if ":" not in variant.impl:
+            if not (patch.kind == USES and variant.impl is None) and ":" not in (variant.impl or ""):
                 raise RegistrationError(f"{patch.id}/{variant.name}: impl {variant.impl!r} is not 'module:attr'")
             if set(variant.ceiling) - set(variant.requires):
                 raise RegistrationError(f"{patch.id}/{variant.name}: ceiling names a dist it does not require")

@@ -21,6 +21,8 @@ from packaging.version import Version
 import cpshim
 import cpshim.compat
 from cpshim.patches.catalog import ACCELERATE_CEILING, REGISTRY, TRANSFORMERS_CEILING
+from cpshim.patches.torch_uses import TORCH_CEILING
+from cpshim.registry import PATCH, USES
 from tests.helpers import ROOT, run_python
 
 _spec = importlib.util.spec_from_file_location("cpshim_compat_render", ROOT / "compat_matrix" / "render.py")
@@ -65,9 +67,20 @@ def test_every_behaviour_boundary_has_a_cell():
         "accelerate 1.12.0 must be tested with a transformers 5.x"
 
 
-def test_python_and_torch_are_one_value_each():
+def test_python_is_one_value_and_torch_varies_only_in_torch_cells():
     assert MATRIX["python"] == "3.11" and MATRIX["torch"] == "2.13.0"
-    assert {(c["python"], c["torch"]) for c in CELLS} == {("3.11", "2.13.0")}
+    assert {c["python"] for c in CELLS} == {"3.11"}
+    others = [c for c in CELLS if c["torch"] != MATRIX["torch"]]
+    assert all(c["suite"] == "torch" and c["id"].endswith("-torch" + c["torch"]) for c in others)
+    assert all(c["torch"] == MATRIX["torch"] for c in CELLS if c["suite"] != "torch")
+
+
+def test_torch_cells_reach_the_oldest_admitted_and_the_newest_torch():
+    """transformers 4.56-4.57 admit torch >= 2.2, 5.x torch >= 2.6 (their wheels' Requires-Dist)."""
+    torches = {(c["transformers"][0], c["torch"]) for c in CELLS}
+    assert ("4", "2.2.2") in torches and ("5", "2.6.0") in torches
+    newest = max((Version(c["torch"]) for c in CELLS))
+    assert str(newest) == TORCH_CEILING, "the newest torch the registry claims must be a cell"
 
 
 def test_every_catalog_patch_has_an_expectation_in_every_cell():
@@ -86,7 +99,8 @@ def test_expectations_name_registered_patches_and_variants():
 
 @pytest.mark.parametrize("cell", CELLS, ids=IDS)
 def test_selection_picks_the_expected_variant(cell):
-    rep = cpshim.report(versions={"transformers": cell["transformers"], "accelerate": cell["accelerate"]})
+    rep = cpshim.report(versions={"transformers": cell["transformers"], "accelerate": cell["accelerate"],
+                                  "torch": cell["torch"]})
     wrong = []
     for rec in rep.patches:
         expected = cell["expect"].get(rec.id)
@@ -95,6 +109,8 @@ def test_selection_picks_the_expected_variant(cell):
         got = rec.variant or render.NONE
         if got != expected:
             wrong.append(f"{rec.id}: selection picks {got}, the matrix expects {expected} ({rec.reason})")
+        elif rec.id in cell["refuses"] and rec.support != "unsupported":
+            wrong.append(f"{rec.id}: the matrix expects a refusal here, selection says {rec.support}")
         elif expected != render.NONE and rec.support != "supported":
             wrong.append(f"{rec.id}: {rec.support} on a tested cell: {rec.reason}")
     assert not wrong, f"{cell['id']}:\n  " + "\n  ".join(wrong)
@@ -157,19 +173,31 @@ def test_every_fingerprint_group_has_a_full_cell():
             problems.append(f"{patch.id}: no fingerprint data for its current watch list")
             continue
         lo = min(Version(c[patch.dist]) for c in CELLS)
+        proving = ("full",) if patch.kind == PATCH else ("full", "torch")  # torch cells run the multi-rank tests
         for fp, releases in groups[patch.id].items():
             usable = [r for r in releases if not Version(r).is_prerelease and (patch.dist, r) not in yanked
                       and Version(r) >= lo and _needed(patch, r)]
             if not usable:
                 continue  # only pre-releases, yanked releases, releases below the tested floor or
                 # releases on which the patch is not needed (fixed upstream: its code is never patched)
-            cells = [c for c in CELLS if c[patch.dist] in releases]
             label = f"{patch.id} group {fp[:8]} ({patch.dist} {usable[0]}..{usable[-1]})"
+            if patch.dist == "torch" and all(_torch_refused(r) for r in usable):
+                # cpshim refuses these torch releases by their version alone: a cell must prove the refusal
+                if not any(c["refuses"] and _torch_refused(c["torch"]) for c in CELLS):
+                    problems.append(f"{label}: refused, and no cell proves a torch refusal")
+                continue
+            cells = [c for c in CELLS if c[patch.dist] in releases]
             if not cells:
                 problems.append(f"{label}: no cell")
-            elif not any(c["suite"] == "full" for c in cells):
-                problems.append(f"{label}: no full cell (cells: {[c['id'] for c in cells]})")
+            elif not any(c["suite"] in proving for c in cells):
+                problems.append(f"{label}: no {' or '.join(proving)} cell (cells: {[c['id'] for c in cells]})")
     assert not problems, "fingerprint groups the matrix does not cover:\n  " + "\n  ".join(problems)
+
+
+def _torch_refused(release: str) -> bool:
+    """Whether some `uses` entry is unsupported on this torch (cpshim refuses it by version)."""
+    rep = cpshim.report(versions={"torch": release})
+    return any(p.kind == USES and p.support == "unsupported" for p in rep.patches)
 
 
 def test_cells_in_one_fingerprint_group_expect_one_variant():
@@ -206,7 +234,7 @@ def test_compat_md_is_generated_from_the_result_files():
 def _result(c, **over):
     base = {
         "kind": "cell", "cell": c["id"], "suite": c["suite"], "run": {"id": "R1", "commit": "abc"},
-        "versions": {"transformers": c["transformers"], "accelerate": c["accelerate"]},
+        "versions": {"transformers": c["transformers"], "accelerate": c["accelerate"], "torch": c["torch"]},
         "patches": {pid: {"variant": None if v == render.NONE else v, "support": "supported", "needed": True,
                           "reason": "ok", "fingerprint": {"matches": ["x"], "unmatched": []}}
                     for pid, v in c["expect"].items()},
@@ -280,12 +308,23 @@ def test_compat_cells_are_the_matrix():
     assert set(cpshim.compat.cells(passed_only=True)) <= set(cells)
 
 
-def test_compat_supported_for_a_tested_cell():
-    cell = CELLS[-1]
-    answer = cpshim.compat.supported(transformers=cell["transformers"], accelerate=cell["accelerate"])
+@pytest.mark.parametrize("cell", [next(c for c in CELLS if c["torch"] == MATRIX["torch"] and c["suite"] == "full"),
+                                  next(c for c in CELLS if c["torch"] != MATRIX["torch"] and not c["refuses"])],
+                         ids=["default-torch", "torch-cell"])
+def test_compat_supported_for_a_tested_cell(cell):
+    torch = None if cell["torch"] == MATRIX["torch"] else cell["torch"]
+    answer = cpshim.compat.supported(transformers=cell["transformers"], accelerate=cell["accelerate"], torch=torch)
     assert answer.tested and answer.cell.id == cell["id"] and answer.support == "supported"
     assert {k: v or render.NONE for k, v in answer.variants.items()} == cell["expect"]
     assert answer.verdict == ("tested" if answer.cell.passed else "tested-failing")
+
+
+def test_compat_supported_names_the_torch_refusal():
+    cell = next(c for c in CELLS if c["refuses"])
+    answer = cpshim.compat.supported(transformers=cell["transformers"], accelerate=cell["accelerate"],
+                                     torch=cell["torch"])
+    assert answer.cell is not None and answer.cell.id == cell["id"] and answer.support == "unsupported"
+    assert any(r.startswith(tuple(cell["refuses"])) and "torch>=2.6" in r for r in answer.reasons), answer.reasons
 
 
 def test_compat_supported_outside_the_cells():
@@ -375,10 +414,11 @@ def test_installed_pair_selects_the_expected_variants_and_known_code(upstream_in
     from cpshim.versions import installed
 
     versions = installed(REGISTRY.dists())
-    pair = (versions["transformers"].raw, versions["accelerate"].raw)
-    cell = next((c for c in CELLS if (c["transformers"], c["accelerate"]) == pair), None)
+    raw = {d: v.raw for d, v in versions.items()}
+    cell = render.cell_of(MATRIX, raw)
     if cell is None:
-        pytest.skip(f"transformers {pair[0]} + accelerate {pair[1]} is not a matrix cell")
+        pytest.skip(f"transformers {raw['transformers']} + accelerate {raw['accelerate']} + torch {raw['torch']} "
+                    "is not a matrix cell")
     problems = []
     have_data = bool(fingerprint.load_data())
     for patch in REGISTRY:

@@ -17,7 +17,7 @@ from cpshim import patching
 from cpshim.patches.catalog import REGISTRY
 
 warnings.simplefilter("ignore", cpshim.CpshimWarning)
-needed = [p for p in REGISTRY if cpshim.report()[p.id].state != "not-needed"]
+needed = [p for p in REGISTRY if p.kind == "patch" and cpshim.report()[p.id].state != "not-needed"]
 print("patches:", [p.id for p in needed])
 assert needed, "no patch target installed: nothing to check"
 
@@ -35,6 +35,9 @@ def assert_wrapped_once(p, original):
 
 def states():
     return {r.id: r.state for r in cpshim.report().patches if r.id in {p.id for p in needed}}
+
+def uses_states():
+    return {r.id: r.state for r in cpshim.report().patches if r.kind == "uses" and r.state != "not-needed"}
 """
 
 IMPORT_THEN_APPLY = PRELUDE + """
@@ -43,6 +46,7 @@ for p in needed:
 originals = {p.id: current(p) for p in needed}
 cpshim.apply()
 assert set(states().values()) == {"applied"}, states()
+assert set(uses_states().values()) == {"in-use"}, uses_states()   # torch is imported: fingerprinted, not patched
 wrappers = {p.id: current(p) for p in needed}
 for p in needed:
     assert_wrapped_once(p, originals[p.id])
@@ -55,6 +59,7 @@ for p in needed:
     assert current(p) is originals[p.id], f"{p.id}: revert did not restore identity"
 cpshim.revert()                                          # revert twice: harmless
 assert set(states().values()) == {"reverted"}, states()
+assert set(uses_states().values()) == {"reverted"}, uses_states()
 for p in needed:
     assert current(p) is originals[p.id]
 cpshim.apply()                                           # apply-revert-apply

@@ -24,20 +24,21 @@ Two paths compute the same hash for the same release (the tests check it on inst
 
 Modules, one concern each: :mod:`.components` (names, markers), :mod:`.canonical` (the normalised text
 that is hashed), :mod:`.mentions` (``@name`` selection), :mod:`.source` (the wheel path), :mod:`.live`
-(the live path), :mod:`.data` (the shipped data and lookups), :mod:`.check` (a patch against the data).
+(the live path), :mod:`.schemas` (torch operator schemas), :mod:`.data` (the shipped data and
+lookups), :mod:`.check` (a patch against the data).
 Importing this package imports none of the upstream libraries, nor ``json`` (read on first lookup).
 """
 
 from __future__ import annotations
 
 from .check import FingerprintCheck, check, combine, patch_component_hashes, patch_fingerprint
-from .components import ABSENT, MARKERS, NORMALISER, OPAQUE, UNAVAILABLE, UNMENTIONED, parse_component
+from .components import ABSENT, MARKERS, NORMALISER, OPAQUE, SIGNATURE, UNAVAILABLE, UNMENTIONED, parse_component
 from .data import load_data, lookup, lookup_component
 from .live import clear_cache, component_hash_live
 from .source import ParsedSource, component_hash_from_source, normalise, parse_source, source_hash
 
 __all__ = [
-    "NORMALISER", "ABSENT", "OPAQUE", "UNMENTIONED", "UNAVAILABLE", "MARKERS",
+    "NORMALISER", "ABSENT", "OPAQUE", "UNMENTIONED", "UNAVAILABLE", "MARKERS", "SIGNATURE",
     "parse_component", "normalise", "source_hash", "parse_source", "ParsedSource",
     "component_hash_from_source", "component_hash_live",
     "combine", "patch_component_hashes", "patch_fingerprint", "load_data", "lookup", "lookup_component",

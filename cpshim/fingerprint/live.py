@@ -25,6 +25,7 @@ import ast
 import inspect
 import sys
 
+from . import schemas
 from .components import ABSENT, OPAQUE, UNAVAILABLE, parse_component
 from .source import _node_hash, _parse_def
 
@@ -111,6 +112,8 @@ def component_hash_live(component: str, *, import_missing: bool = True) -> str:
     A module that is not imported yet is imported when `import_missing` (a module that does not exist
     gives ``ABSENT``); with ``import_missing=False`` it counts as ``ABSENT``.
     """
+    if schemas.is_schema_component(component):
+        return schemas.hash_live(component, import_missing=import_missing)
     module, qualname, mention = parse_component(component)
     obj, expected = _live_object(module, qualname, import_missing)
     if isinstance(obj, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from .canonical import _DEFS, _blocks, _hash, _text
-from .components import ABSENT, OPAQUE, UNMENTIONED
+from .components import ABSENT, OPAQUE, SIGNATURE, UNMENTIONED
 from .mentions import _bound_names, _mention_text
 
 
@@ -25,6 +25,8 @@ def normalise(node: ast.AST, mention: str | None = None, lines: list | None = No
 def _node_hash(node: ast.AST, mention: str | None, lines: list | None) -> str:
     if mention is not None and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return OPAQUE
+    if mention == SIGNATURE:  # what a caller depends on: parameters (defaults kept) and decorators
+        return _hash(_text(node.args) + "".join(_text(d) for d in node.decorator_list))  # type: ignore[attr-defined]
     text = normalise(node, mention, lines)
     return UNMENTIONED if text is None else _hash(text)
 

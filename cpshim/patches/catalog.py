@@ -7,6 +7,7 @@ Version boundaries live here and nowhere else. Each `impl` names a function taki
 from __future__ import annotations
 
 from ..registry import Patch, Registry, Variant
+from .torch_uses import TORCH_USES
 
 TRANSFORMERS_CEILING = "5.24.0"
 ACCELERATE_CEILING = "1.15.0"
@@ -283,4 +284,4 @@ TRAINER_FLOS = Patch(
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
                      STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
                      TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS, EVAL_GATHER, TRAINER_EVAL_LOOP, EVAL_SPEED,
-                     TRAINER_TOKENS_SEEN, TRAINER_FLOS))
+                     TRAINER_TOKENS_SEEN, TRAINER_FLOS, *TORCH_USES))

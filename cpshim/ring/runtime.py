@@ -12,7 +12,7 @@ import threading
 from typing import Any, Iterator
 
 from .. import lifecycle, modes
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnsupportedVersionError
 
 STRATEGIES = ("zigzag", "contiguous", "varlen")
 RING_DTYPES = ("bfloat16", "float16")
@@ -54,6 +54,11 @@ def enable(strategy: str = "zigzag", heads_k_stride: int = 1, ring_dtype: str = 
         raise ConfigurationError(f"heads_k_stride must be a positive int, got {heads_k_stride!r}")
     if ring_dtype not in RING_DTYPES:
         raise ConfigurationError(f"ring_dtype must be one of {', '.join(RING_DTYPES)}, got {ring_dtype!r}")
+    refused = lifecycle.refused_uses()
+    if refused:
+        raise UnsupportedVersionError(
+            "ring mode cannot run on this torch: " + "; ".join(f"{pid} ({why})" for pid, why in refused)
+            + " (`cpshim report` lists what cpshim uses in torch)")
     settings.update(strategy=strategy, heads_k_stride=heads_k_stride, ring_dtype=ring_dtype,
                     check_batches=check_batches)
     ensure_loaded()

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import cpshim
 from tests.helpers import run_python, run_ranks
 
-pytestmark = [pytest.mark.multiproc, pytest.mark.upstream]
+pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
 if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn")):
     pytest.skip("needs torch, transformers, accelerate and ring-flash-attn", allow_module_level=True)
 

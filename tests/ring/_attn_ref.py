@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def _math_backend():
+        return sdpa_kernel(SDPBackend.MATH)
+except ImportError:  # torch < 2.3: the older context manager, same choice
+    def _math_backend():
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
 
 
 def bottom_right_mask(sq: int, sk: int, device=None) -> torch.Tensor:
@@ -24,7 +32,7 @@ def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, s
     if mask is not None and not bool(mask.any(dim=1).all()):
         live = mask.any(dim=1)
         mask = mask | ~live[:, None]  # keep softmax finite on dead rows (no NaN grads), zeroed below
-    with sdpa_kernel(SDPBackend.MATH):
+    with _math_backend():
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k2.transpose(1, 2), v2.transpose(1, 2),
                                            attn_mask=mask, scale=scale)
     o = o.transpose(1, 2)

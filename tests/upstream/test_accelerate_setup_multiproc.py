@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import run_ranks
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.needs_cp]
 
 SCRIPT = """
 import json, os, warnings

@@ -9,8 +9,8 @@ import pytest
 
 import cpshim
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ring_flash_attn") is None,
-                                reason="needs ring-flash-attn (pip install 'cpshim[ring]')")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ring_flash_attn") is None,
+                                reason="needs ring-flash-attn (pip install 'cpshim[ring]')"), pytest.mark.needs_cp]
 
 
 @pytest.fixture

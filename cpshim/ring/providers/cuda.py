@@ -1,8 +1,9 @@
 """flash-attn 2.8's private kernels on top of PyTorch's own CUDA flash attention (no flash-attn build).
 
-Wraps `torch.ops.aten._flash_attention_forward/_backward` (torch 2.13 schemas: dense when
-cum_seq_q is None, varlen with int32 cum_seq tensors; lse (b, h, s_q) dense, (h, total_q) varlen)
-behind the exact signatures ring-flash-attn introspects. Importable on CPU; only calling it needs
+Wraps `torch.ops.aten._flash_attention_forward/_backward` (dense when cum_seq_q is None, varlen
+with int32 cum_seq tensors; lse (b, h, s_q) dense, (h, total_q) varlen) behind the exact signatures
+ring-flash-attn introspects. The ops' arguments are bound by name from the schema this torch
+registers (`aten_calls`: they changed in 2.4, 2.7 and 2.12). Importable on CPU; only calling it needs
 CUDA. The aten kernel is PyTorch's vendored flash-attn 2, so causal masks are bottom-right aligned
 for s_q != s_k (SDPA refuses that case, the raw op does not). `deterministic` is ignored: the
 aten op reads `torch.use_deterministic_algorithms` instead.
@@ -14,6 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import aten_calls
 from ..errors import ProviderError
 from ._common import check_supported, resolve_scale, round_multiple, varlen_softmax_d
 
@@ -59,9 +61,10 @@ def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
     h, hk = q.shape[-2], k.shape[-2]
     if h != hk and _GQA_NATIVE is False:
         k, v = _expand_kv(k, h), _expand_kv(v, h)
+    schema = aten_calls.live(aten_calls.FORWARD)
     try:
-        res = torch.ops.aten._flash_attention_forward(
-            q, k, v, cum_q, cum_k, max_q, max_k, 0.0, causal, False, scale=scale)
+        res = aten_calls.call(torch.ops.aten._flash_attention_forward, schema,
+                              aten_calls.forward_values(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale))
     except RuntimeError as e:  # only a refusal of fewer kv heads switches to expanding them
         if h == hk or _GQA_NATIVE is False or "head" not in str(e).lower():
             raise
@@ -69,20 +72,29 @@ def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
         return _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale)
     if h != hk:
         _GQA_NATIVE = True if _GQA_NATIVE is None else _GQA_NATIVE
-    out, lse, rng = res[0], res[1], res[2]
-    rng_state = rng.view(torch.int64) if rng.numel() == 2 and rng.element_size() == 8 else \
+    named = aten_calls.named_outputs(schema, res)
+    rng = named.get("rng_state")  # 2.7+: (seed, offset) as 2 x uint64; before it: a philox seed tensor
+    rng_state = rng.view(torch.int64) if rng is not None and rng.numel() == 2 and rng.element_size() == 8 else \
         torch.zeros((2,), dtype=torch.int64, device=q.device)
-    return out, lse, torch.empty((0,), dtype=q.dtype, device=q.device), rng_state
+    return (named["output"], named["softmax_logsumexp"], torch.empty((0,), dtype=q.dtype, device=q.device),
+            rng_state)
+
+
+def _rng_placeholders(schema, device: torch.device) -> tuple:
+    """The backward's RNG pair at dropout 0 (never read): shaped as each torch's forward returns them."""
+    if aten_calls.rng_names(schema) == ("rng_state", "unused"):
+        return torch.zeros((2,), dtype=torch.uint64, device=device), torch.empty((0,), device=device)
+    return torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device)
 
 
 def _backward(dout, q, k, v, out, lse, dq, dk, dv, cum_q, cum_k, max_q, max_k, causal, scale):
     h, hk = q.shape[-2], k.shape[-2]
     kk, vv = (k, v) if (h == hk or _GQA_NATIVE is not False) else (_expand_kv(k, h), _expand_kv(v, h))
-    rng_state = torch.zeros((2,), dtype=torch.uint64, device=q.device)
-    unused = torch.empty((0,), device=q.device)
-    gq, gk, gv = torch.ops.aten._flash_attention_backward(
-        _contig(dout), _contig(q), _contig(kk), _contig(vv), _contig(out), lse.contiguous(),
-        cum_q, cum_k, max_q, max_k, 0.0, causal, rng_state, unused, scale=scale)
+    schema = aten_calls.live(aten_calls.BACKWARD)
+    values = aten_calls.backward_values(schema, _contig(dout), _contig(q), _contig(kk), _contig(vv), _contig(out),
+                                        lse.contiguous(), cum_q, cum_k, max_q, max_k, causal, scale,
+                                        _rng_placeholders(schema, q.device))
+    gq, gk, gv = aten_calls.call(torch.ops.aten._flash_attention_backward, schema, values)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
