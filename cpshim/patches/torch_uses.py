@@ -6,8 +6,9 @@ one it cannot run ring CP on as `unsupported`, by name. Boundaries read from eve
 2.2.0-2.15.0 (`compat_matrix/fingerprints.json`):
 
 - aten flash-attention ops: 2.4 added `window_size_left/right`; 2.7 renamed the backward's
-  `philox_seed, philox_offset` to `rng_state, unused` (and the forward's outputs); 2.12 added
-  `block_table, num_splits` (keyword-only, defaulted: the same calls bind).
+  `philox_seed, philox_offset` to `rng_state, unused` (and the forward's outputs) and returns the varlen
+  lse packed (h, total_q) where 2.4-2.6 return it padded (batch, h, max_seqlen_q) (their meta kernels,
+  run in the torch cells); 2.12 added `block_table, num_splits` (keyword-only, defaulted).
 - DeviceMesh: `_flatten` (which accelerate's mesh calls) exists from 2.5; accelerate refuses
   `ParallelismConfig(cp_size>1)` below torch 2.6 (its TorchContextParallelConfig check), so ring CP
   starts at torch 2.6.
@@ -31,13 +32,15 @@ ATEN_FLASH = Patch(
     variants=(
         Variant("philox-no-window", {"torch": ">=2.2,<2.4"}, {},
                 None,
-                info={"rng": "philox_seed, philox_offset", "window_sizes": False}),
+                info={"rng": "philox_seed, philox_offset", "window_sizes": False,
+                      "varlen_lse": "read from the output (this torch's meta kernel has no varlen shapes)"}),
         Variant("philox", {"torch": ">=2.4,<2.7"}, {},
                 None,
-                info={"rng": "philox_seed, philox_offset", "window_sizes": True}),
+                info={"rng": "philox_seed, philox_offset", "window_sizes": True,
+                      "varlen_lse": "padded (batch, h, max_seqlen_q): packed for ring-flash-attn"}),
         Variant("rng-state", {"torch": ">=2.7,<3"}, _CEILING,
                 None,
-                info={"rng": "rng_state, unused", "window_sizes": True}),
+                info={"rng": "rng_state, unused", "window_sizes": True, "varlen_lse": "packed (h, total_q)"}),
     ),
     watch=("aten::_flash_attention_forward", "aten::_flash_attention_backward"),
 )

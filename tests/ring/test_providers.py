@@ -7,14 +7,15 @@ max |err| <= 2e-5 * max(1, max|ref|) -- a few hundred fp32 roundings (u = 6e-8) 
 
 from __future__ import annotations
 
-import traceback
-
 import importlib.util
 import inspect
 import pathlib
+import traceback
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cpshim.ring.errors import ProviderError, UnsupportedAttentionError
 from cpshim.ring.providers import (
@@ -324,3 +325,20 @@ def test_cuda_gqa_fallback_only_on_a_heads_refusal(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):
         cuda_mod._forward(q, k, k, None, None, 4, 4, True, 0.25)
     assert cuda_mod._GQA_NATIVE is None
+
+
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=5), h=st.integers(1, 3))
+def test_padded_varlen_lse_packs_and_pads_back_exactly(lengths, h):
+    """torch <= 2.6 returns the varlen lse as (batch, h, max_seqlen_q); ring-flash-attn reads (h, total_q)."""
+    from cpshim.ring.providers._common import pack_lse, pad_lse
+
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    total, max_q = int(cu[-1]), max(lengths)
+    padded = torch.randn(len(lengths), h, max_q)
+    packed = pack_lse(padded, cu, total)
+    for i, n in enumerate(lengths):  # independent of the implementation: token j of sequence i
+        torch.testing.assert_close(packed[:, int(cu[i]):int(cu[i]) + n], padded[i, :, :n], rtol=0, atol=0)
+    back = pad_lse(packed, cu, max_q)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(back[i, :, :n], padded[i, :, :n], rtol=0, atol=0)
+        assert not back[i, :, n:].any()

@@ -94,3 +94,27 @@ def varlen_softmax_d(delta: torch.Tensor, cu_seqlens_q: torch.Tensor) -> torch.T
     idx = (tok + 128 * seq)[inside]
     out[:, idx] = delta[:, inside].float()
     return out
+
+
+def _token_positions(cu_seqlens_q: torch.Tensor, total: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sequence, position within it) of every packed token (bucketize: no host sync)."""
+    cu = cu_seqlens_q.to(device=device, dtype=torch.long)
+    tok = torch.arange(total, device=device)
+    seq = torch.bucketize(tok, cu[1:], right=True)
+    return seq, tok - cu[seq]
+
+
+def pack_lse(lse: torch.Tensor, cu_seqlens_q: torch.Tensor, total: int) -> torch.Tensor:
+    """Varlen lse from the padded layout (batch, h, max_seqlen_q) of torch <= 2.6's vendored kernel to
+    flash-attn 2.8's packed (h, total_q), which ring-flash-attn reads."""
+    seq, pos = _token_positions(cu_seqlens_q, total, lse.device)
+    return lse[seq, :, pos].transpose(0, 1).contiguous()
+
+
+def pad_lse(lse: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int) -> torch.Tensor:
+    """The inverse of :func:`pack_lse`, for that kernel's backward (positions past a sequence: 0)."""
+    h, total = lse.shape
+    out = torch.zeros((cu_seqlens_q.numel() - 1, h, max_seqlen_q), dtype=lse.dtype, device=lse.device)
+    seq, pos = _token_positions(cu_seqlens_q, total, lse.device)
+    out[seq, :, pos] = lse.transpose(0, 1)
+    return out

@@ -1,12 +1,13 @@
 """flash-attn 2.8's private kernels on top of PyTorch's own CUDA flash attention (no flash-attn build).
 
-Wraps `torch.ops.aten._flash_attention_forward/_backward` (dense when cum_seq_q is None, varlen
-with int32 cum_seq tensors; lse (b, h, s_q) dense, (h, total_q) varlen) behind the exact signatures
-ring-flash-attn introspects. The ops' arguments are bound by name from the schema this torch
-registers (`aten_calls`: they changed in 2.4, 2.7 and 2.12). Importable on CPU; only calling it needs
-CUDA. The aten kernel is PyTorch's vendored flash-attn 2, so causal masks are bottom-right aligned
-for s_q != s_k (SDPA refuses that case, the raw op does not). `deterministic` is ignored: the
-aten op reads `torch.use_deterministic_algorithms` instead.
+Wraps `torch.ops.aten._flash_attention_forward/_backward` (dense when cum_seq_q is None, varlen with
+int32 cum_seq tensors; lse (b, h, s_q) dense, (h, total_q) varlen) behind the exact signatures ring-
+flash-attn introspects. The ops' arguments are bound by name from the schema this torch registers
+(`aten_calls`: they changed in 2.4, 2.7 and 2.12). torch <= 2.6's kernel returns the varlen lse
+padded (batch, h, max_seqlen_q): it is packed for ring-flash-attn and padded back for the backward.
+Importable on CPU; only calling it needs CUDA. The aten kernel is PyTorch's vendored flash-attn 2,
+so causal masks are bottom-right aligned for s_q != s_k (SDPA refuses that case, the raw op does
+not). `deterministic` is ignored: the aten op reads `torch.use_deterministic_algorithms` instead.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import torch
 
 from .. import aten_calls
 from ..errors import ProviderError
-from ._common import check_supported, resolve_scale, round_multiple, varlen_softmax_d
+from ._common import check_supported, pack_lse, pad_lse, resolve_scale, round_multiple, varlen_softmax_d
 
 NAME = "torch_cuda"
 # None until the first GQA call; then whether aten took fewer kv heads than query heads natively.
 _GQA_NATIVE: Optional[bool] = None
+# None until the first varlen forward; then whether this torch's kernel returns the varlen lse padded,
+# (batch, h, max_seqlen_q) (torch <= 2.6's vendored flash-attn), instead of packed (h, total_q).
+_LSE_PADDED: Optional[bool] = None
 
 
 def flash_attn_ge_2_1() -> bool:
@@ -76,8 +80,13 @@ def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
     rng = named.get("rng_state")  # 2.7+: (seed, offset) as 2 x uint64; before it: a philox seed tensor
     rng_state = rng.view(torch.int64) if rng is not None and rng.numel() == 2 and rng.element_size() == 8 else \
         torch.zeros((2,), dtype=torch.int64, device=q.device)
-    return (named["output"], named["softmax_logsumexp"], torch.empty((0,), dtype=q.dtype, device=q.device),
-            rng_state)
+    lse = named["softmax_logsumexp"]
+    if cum_q is not None:
+        global _LSE_PADDED
+        _LSE_PADDED = lse.dim() == 3
+        if _LSE_PADDED:
+            lse = pack_lse(lse, cum_q, q.shape[0])
+    return named["output"], lse, torch.empty((0,), dtype=q.dtype, device=q.device), rng_state
 
 
 def _rng_placeholders(schema, device: torch.device) -> tuple:
@@ -91,6 +100,11 @@ def _backward(dout, q, k, v, out, lse, dq, dk, dv, cum_q, cum_k, max_q, max_k, c
     h, hk = q.shape[-2], k.shape[-2]
     kk, vv = (k, v) if (h == hk or _GQA_NATIVE is not False) else (_expand_kv(k, h), _expand_kv(v, h))
     schema = aten_calls.live(aten_calls.BACKWARD)
+    if cum_q is not None and _LSE_PADDED is None:
+        raise ProviderError("varlen backward before any varlen forward in this process: the lse layout of this "
+                            "torch's kernel is not known yet")
+    if cum_q is not None and _LSE_PADDED:
+        lse = pad_lse(lse, cum_q, max_q)
     values = aten_calls.backward_values(schema, _contig(dout), _contig(q), _contig(kk), _contig(vv), _contig(out),
                                         lse.contiguous(), cum_q, cum_k, max_q, max_k, causal, scale,
                                         _rng_placeholders(schema, q.device))
