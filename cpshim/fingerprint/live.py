@@ -26,7 +26,7 @@ import inspect
 import sys
 
 from . import schemas
-from .components import ABSENT, OPAQUE, UNAVAILABLE, parse_component
+from .components import ABSENT, OPAQUE, SIGNATURE, UNAVAILABLE, parse_component
 from .source import _node_hash, _parse_def
 
 _MISSING = object()
@@ -137,7 +137,9 @@ def component_hash_live(component: str, *, import_missing: bool = True) -> str:
     if cached is None:
         try:
             parsed = _NODES.get(key[0])
-            if parsed is None:
+            if parsed is None and mention == SIGNATURE:
+                parsed = _header_node(func, mod)  # what is hashed is in the header: skip the body
+            elif parsed is None:
                 parsed = _function_node(func, mod)
                 if len(_NODES) >= 4:
                     _NODES.pop(next(iter(_NODES)))
@@ -167,6 +169,30 @@ def _last_line(code: object) -> int:
         if hasattr(const, "co_lines"):
             last = max(last, _last_line(const))
     return last
+
+
+def _header_node(func: object, mod: object) -> tuple[ast.AST, list]:
+    """The def's decorators and header alone, parsed with a `pass` body (signature components): the
+    shortest run of lines from the first decorator that ends with `:` and parses as one def."""
+    import linecache
+
+    code = func.__code__  # type: ignore[attr-defined]
+    lines = linecache.getlines(code.co_filename, vars(mod))
+    start = code.co_firstlineno - 1
+    if not lines or not (0 <= start < len(lines)):
+        raise OSError(f"no source for {code.co_name}")
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+    for end in range(start + 1, min(len(lines), code.co_firstlineno + 200) + 1):
+        text = "".join(lines[start:end]).rstrip()
+        if not text.endswith(":"):
+            continue
+        try:
+            node, parsed_lines = _parse_def(text + "\n" + indent + "    pass\n")
+        except (SyntaxError, ValueError):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return node, parsed_lines
+    return _function_node(func, mod)
 
 
 def _function_node(func: object, mod: object) -> tuple[ast.AST, list]:
