@@ -113,10 +113,14 @@ have = md.version("torch")
 names = {(d.metadata["Name"] or "") for d in md.distributions()}
 cuda = sorted(n for n in names if n.lower().startswith("nvidia"))
 cuda_ok = sys.argv[2] == "cuda-ok"
-assert have.split("+")[0] == want.split("==")[1].split("+")[0], f"torch {have} installed, {want} required"
+assert want == "torch" or have.split("+")[0] == want.split("==")[1].split("+")[0], \
+    f"torch {have} installed, {want} required"
 assert cuda_ok or not cuda, f"CUDA packages installed in a CPU session: {cuda}"
 print(f"torch {have}, " + (f"{len(cuda)} CUDA packages (a CUDA build, run on the CPU)" if cuda else "no CUDA packages"))
 """
+
+
+LATEST = "latest"  # `latest`: the newest torch on the index (a CUDA build on a CPU runner)
 
 
 def _install_cpu(session: nox.Session, *requirements: str, torch_version: str = TORCH) -> None:
@@ -125,7 +129,7 @@ def _install_cpu(session: nox.Session, *requirements: str, torch_version: str = 
     --compile-bytecode: uv writes no .pyc by default, and with PYTHONDONTWRITEBYTECODE set (as on this
     machine) every fresh interpreter compiled transformers again: 10.6 s per `import transformers.trainer`
     instead of 4.5 s, paid by each of the many processes a full cell starts."""
-    torch = _torch_requirement(torch_version)
+    torch = "torch" if torch_version == LATEST else _torch_requirement(torch_version)
     session.install(*_find_links(), "--compile-bytecode", "-e", ".", *TEST_DEPS, torch, *requirements)
     cuda_ok = "cuda-ok" if torch_version != TORCH else "cpu-only"  # only a torch cell takes a CUDA build
     session.run("python", "-c", TORCH_CHECK, torch, cuda_ok, silent=False)
@@ -234,15 +238,16 @@ def tests(session: nox.Session, cell: dict) -> None:
 
 @nox.session(python=PYTHON)
 def latest(session: nox.Session) -> None:
-    """Newest transformers + accelerate from PyPI (non-blocking): a new release becomes an `untested` row."""
+    """Newest transformers + accelerate + torch from PyPI (non-blocking): a new release becomes an `untested` row."""
     started = time.monotonic()
     path = RESULTS / "latest.json"
     path.unlink(missing_ok=True)
     try:
-        _install_cpu(session, "--upgrade", "transformers", "accelerate", f"ring-flash-attn=={RING}")
+        _install_cpu(session, "--upgrade", "transformers", "accelerate", f"ring-flash-attn=={RING}",
+                     torch_version=LATEST)
     except nox.command.CommandFailed as exc:
-        _write_failure(path, "latest", None, f"newest transformers/accelerate do not install with torch "
-                                             f"{TORCH}: {exc}")
+        _write_failure(path, "latest", None, f"the newest transformers, accelerate and torch do not install "
+                                             f"together: {exc}")
         session.warn("latest: install failed; recorded as a failed `latest` row")
         return
     installed = time.monotonic()
@@ -254,7 +259,8 @@ def latest(session: nox.Session) -> None:
     versions = data.get("versions") or {}
     cell = render.cell_of(MATRIX, versions)
     status, notes = render.judge(data, cell)
-    pair = f"transformers {versions.get('transformers')} + accelerate {versions.get('accelerate')}"
+    pair = (f"transformers {versions.get('transformers')} + accelerate {versions.get('accelerate')} + torch "
+            f"{versions.get('torch')}")
     verdict = f"tested cell {cell['id']}" if cell else "not a matrix cell: untested"
     session.log(f"latest: {pair}: {verdict}; result {status}" + "".join(f"\n  {n}" for n in notes))
 

@@ -378,11 +378,12 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
     if not latest:
         lines.append("No `latest` result recorded.")
     else:
-        lines += ["| transformers | accelerate | result | reasons | run |", "|---|---|---|---|---|"]
+        lines += ["| transformers | accelerate | torch | result | reasons | run |", "|---|---|---|---|---|---|"]
         for _, result in latest:
             status, notes, _ = judge_extra(matrix, result)
             versions = result.get("versions") or {}
             lines.append(f"| {versions.get('transformers') or '-'} | {versions.get('accelerate') or '-'} "
+                         f"| {versions.get('torch') or '-'} "
                          f"| {MARK[status]} | {_esc('; '.join(notes))} | `{_run_of(result)[0]}` |")
     lines += ["", "## GPU runs (`nox -s gpu`, on a CUDA runner)", ""]
     gpu = _extra_results(matrix, results, "gpu")

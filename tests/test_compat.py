@@ -290,7 +290,7 @@ def test_render_judges_each_way_a_cell_can_fail(tmp_path):
     assert md.startswith("<!-- GENERATED") and "run `R1`" in md
     assert "Wall time of `nox -s ci` for this run: 20m00s (3 sessions, unit included, 2 at a time" in md
     assert "**FAILED**" in md and "tests/x.py::test_y" in md and "not run" in md
-    assert "| 9.0.0 | 9.0.0 | untested |" in md
+    assert "| 9.0.0 | 9.0.0 | - | untested |" in md
     data = render.build_data(MATRIX, loaded)
     assert [c["result"]["status"] if c["result"] else None for c in data["cells"][:5]] == \
         ["passed", "failed", "failed", "failed", None]
