@@ -61,6 +61,7 @@ _policy = "warn"
 _settings: dict[str, Any] = {"full_length_keys": False}
 _notices: list[dict[str, Any]] = []
 ring_info: dict[str, Any] | None = None
+_LIVE = ("applied", "in-use", "pending-import")  # states apply() leaves as they are
 
 
 def _select(registry: Registry, versions: Mapping[str, VersionInfo]) -> dict[str, _State]:
@@ -245,14 +246,14 @@ def apply(policy: str | None = None, *, full_length_keys: bool | None = None, mo
         needed = [s for s in _states.values() if s.state != "not-needed"]
         if _policy == "off":
             for st in needed:
-                if st.state not in ("applied", "in-use", "pending-import"):
+                if st.state not in _LIVE:
                     st.state, st.reason = "disabled", "CPSHIM_POLICY=off: cpshim patches nothing"
             return report()
         if _policy == "strict":
             bad = [s for s in needed if s.selection.support != SUPPORTED]
             if bad:
                 raise _strict_error(bad)
-        fresh = [s for s in needed if s.state not in ("applied", "in-use", "pending-import")]
+        fresh = [s for s in needed if s.state not in _LIVE]
         for st in fresh:
             st.support, st.reason, st.raise_on_call = st.selection.support, st.selection.reason, None
             st.state, st.error = "selected", None
@@ -300,7 +301,7 @@ def _revert_states(states: list[_State], quiet: bool = False) -> None:
                 patching.uninstall(st.installed)
             st.installed = None
         st.active, st.raise_on_call = False, None
-        if st.state in ("applied", "in-use", "pending-import", "failed", "disabled"):
+        if st.state in _LIVE + ("failed", "disabled"):
             st.state = "reverted"
 
 
