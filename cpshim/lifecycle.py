@@ -150,7 +150,7 @@ def _fail_group(st: _State, during_import: bool) -> None:
         if other.state != "failed":
             _fail(other, f"not active because {st.patch.id} failed in group {st.patch.group}: {st.reason}")
         if _policy == "strict" and during_import:
-            other.raise_on_call = UnsupportedVersionError(other.reason)
+            _raise_on_call(other, UnsupportedVersionError(other.reason))
 
 
 def _check_fingerprint(st: _State) -> None:
@@ -181,11 +181,11 @@ def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:
         st.state, st.active = "in-use", True
         return _report_support(st, during_import)
     try:
-        inst = patching.install(st.patch.id, module_name, st.patch.attr_path, _dispatch, st.wrapper)
+        inst = patching.install(st.patch.id, module_name, st.patch.attr_path, _dispatch, st.wrapper, _gate(st))
     except Exception as e:  # never break the user's import: record, fail the group, maybe raise later
         _fail(st, f"could not patch {st.patch.target}: {e}", e)
         if _policy == "strict" and during_import:
-            st.raise_on_call = UnsupportedVersionError(st.reason)
+            _raise_on_call(st, UnsupportedVersionError(st.reason))
         _fail_group(st, during_import)
         return [st]
     st.installed, st.wrapper = inst, inst.wrapper
@@ -194,11 +194,27 @@ def _install(st: _State, module_name: str, during_import: bool) -> list[_State]:
     return _report_support(st, during_import)
 
 
+def _gate(st: _State) -> patching.Gate | None:
+    if st.patch.gate is None:
+        return None
+    module_name, _, attr = st.patch.gate.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _raise_on_call(st: _State, error: UnsupportedVersionError | None) -> None:
+    """Set (or clear) the error every call raises; a gated patch's gate is held open while one is set,
+    as a closed gate would skip the dispatch that raises it."""
+    st.raise_on_call = error
+    gate = _gate(st)
+    if gate is not None:
+        gate.hold() if error is not None else gate.release()
+
+
 def _report_support(st: _State, during_import: bool) -> list[_State]:
     if st.support == SUPPORTED:
         return []
     if _policy == "strict" and during_import:
-        st.raise_on_call = UnsupportedVersionError(st.reason)
+        _raise_on_call(st, UnsupportedVersionError(st.reason))
     if during_import and _policy == "warn":
         warnings.warn(f"cpshim: {st.patch.id}: {st.reason}", CpshimWarning, stacklevel=3)
     return [st]
@@ -255,7 +271,8 @@ def apply(policy: str | None = None, *, full_length_keys: bool | None = None, mo
                 raise _strict_error(bad)
         fresh = [s for s in needed if s.state not in _LIVE]
         for st in fresh:
-            st.support, st.reason, st.raise_on_call = st.selection.support, st.selection.reason, None
+            st.support, st.reason = st.selection.support, st.selection.reason
+            _raise_on_call(st, None)
             st.state, st.error = "selected", None
             _prepare(st)
         for st in fresh:
@@ -300,7 +317,8 @@ def _revert_states(states: list[_State], quiet: bool = False) -> None:
             else:
                 patching.uninstall(st.installed)
             st.installed = None
-        st.active, st.raise_on_call = False, None
+        st.active = False
+        _raise_on_call(st, None)
         if st.state in _LIVE + ("failed", "disabled"):
             st.state = "reverted"
 

@@ -45,10 +45,55 @@ def resolve(module_name: str, attr_path: tuple[str, ...]) -> tuple[Any, str, Any
     raise AttributeError(f"{module_name}:{'.'.join(attr_path)} does not exist in the installed version")
 
 
+class Gate:
+    """A patch's on-switch for hot upstream paths: while closed, its wrapper calls upstream directly.
+
+    The patch's owner opens it while the implementation has work to do (attention routing: while a
+    sharded step is in flight in some thread), so that a path called per layer per token (generation's
+    attention lookups) costs one attribute read over upstream otherwise. `hold()` keeps it open for good
+    (a strict-policy patch that must raise on every call)."""
+
+    __slots__ = ("open", "_users", "_held")
+
+    def __init__(self) -> None:
+        self.open, self._users, self._held = False, 0, False
+
+    def enter(self) -> None:
+        self._users += 1
+        self.open = True
+
+    def leave(self) -> None:
+        self._users = max(0, self._users - 1)
+        self.open = self._held or self._users > 0
+
+    def hold(self) -> None:
+        self._held = self.open = True
+
+    def release(self) -> None:
+        self._held = False
+        self.open = self._users > 0
+
+
 def _wrap_function(patch_id: str, func: Callable[..., Any], dispatch: Dispatch) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(self, *args, **kwargs):
         return dispatch(patch_id, func.__get__(self, type(self)), self, args, kwargs)
+
+    setattr(wrapper, MARK, patch_id)
+    return wrapper
+
+
+def _wrap_gated(patch_id: str, func: Callable[..., Any], dispatch: Dispatch, gate: Gate) -> Callable[..., Any]:
+    """A lookup `(self, key)`: no */** packing on the closed path, which would cost more than the lookup."""
+    code = getattr(func, "__code__", None)
+    if code is None or code.co_argcount != 2 or code.co_flags & 0x0C or code.co_kwonlyargcount:
+        raise TypeError(f"a gated target must be a method (self, key); {func!r} is not (patch {patch_id})")
+
+    @functools.wraps(func)
+    def wrapper(self, key):
+        if gate.open:
+            return dispatch(patch_id, func.__get__(self, type(self)), self, (key,), {})
+        return func(self, key)
 
     setattr(wrapper, MARK, patch_id)
     return wrapper
@@ -64,8 +109,9 @@ def _wrap_module_function(patch_id: str, func: Callable[..., Any], dispatch: Dis
     return wrapper
 
 
-def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch, owner: Any = None) -> Any:
-    """A wrapper of the same descriptor kind as `raw` (function or property); a module's function stays one."""
+def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch, owner: Any = None, gate: Gate | None = None) -> Any:
+    """A wrapper of the same descriptor kind as `raw` (function or property); a module's function stays one.
+    With a `gate` (methods only), the wrapper is upstream itself while the gate is closed."""
     if owner is not None and not isinstance(owner, type):
         if not callable(raw):
             raise TypeError(f"cpshim cannot wrap {type(raw).__name__} objects (patch {patch_id})")
@@ -75,7 +121,7 @@ def make_wrapper(patch_id: str, raw: Any, dispatch: Dispatch, owner: Any = None)
         wrapped = property(fget, raw.fset, raw.fdel, raw.__doc__)
         return wrapped
     if callable(raw) and hasattr(raw, "__get__") and not isinstance(raw, (staticmethod, classmethod)):
-        return _wrap_function(patch_id, raw, dispatch)
+        return _wrap_function(patch_id, raw, dispatch) if gate is None else _wrap_gated(patch_id, raw, dispatch, gate)
     raise TypeError(f"cpshim cannot wrap {type(raw).__name__} objects (patch {patch_id})")
 
 
@@ -86,13 +132,13 @@ def is_wrapper(obj: Any, patch_id: str | None = None) -> bool:
 
 
 def install(patch_id: str, module_name: str, attr_path: tuple[str, ...], dispatch: Dispatch,
-            wrapper: Any = None) -> Installed:
+            wrapper: Any = None, gate: Gate | None = None) -> Installed:
     """Wrap the target; reuse `wrapper` if given (one wrapper per target for the process's life)."""
     owner, name, raw, own = resolve(module_name, attr_path)
     if is_wrapper(raw, patch_id):  # already ours (found in a base class after an earlier install)
         raise RuntimeError(f"{module_name}:{'.'.join(attr_path)} is already wrapped by cpshim")
     if wrapper is None:
-        wrapper = make_wrapper(patch_id, raw, dispatch, owner)
+        wrapper = make_wrapper(patch_id, raw, dispatch, owner, gate)
     setattr(owner, name, wrapper)
     return Installed(owner, name, raw, own, wrapper)
 

@@ -37,8 +37,8 @@ PATCH, USES = "patch", "uses"
 
 
 class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "group", "watch", "summary",
-                                 "follows_mode", "fixed_in", "needed_from", "refused_before", "kind"],
-                       defaults=(None, (), "", True, None, None, None, PATCH))):
+                                 "follows_mode", "fixed_in", "needed_from", "refused_before", "kind", "gate"],
+                       defaults=(None, (), "", True, None, None, None, PATCH, None))):
     """A patched upstream attribute: `target` is `module:Owner.attr`; `dist` ships `module`.
 
     `floor` is the oldest `dist` release that has the target: below it cpshim cannot help (reason
@@ -52,6 +52,8 @@ class Patch(namedtuple("Patch", ["id", "target", "dist", "floor", "variants", "g
     `kind=USES`: nothing is patched; `target` is upstream code cpshim (or ring-flash-attn, or accelerate
     under cpshim) calls, selected, fingerprinted and reported like a patch, so that a release it was
     not tested with is `untested` and one it cannot work with is `unsupported` (torch's ops and APIs).
+    `gate`: `module:attr` of a `patching.Gate` for a hot `(self, key)` target: while it is closed the
+    wrapper calls upstream directly, because the implementation would pass through anyway.
     """
 
     __slots__ = ()

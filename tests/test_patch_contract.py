@@ -50,6 +50,10 @@ assert set(uses_states().values()) == {"in-use"}, uses_states()   # torch is imp
 wrappers = {p.id: current(p) for p in needed}
 for p in needed:
     assert_wrapped_once(p, originals[p.id])
+for p in needed:                                         # a gate opens only for work (a sharded step)
+    if p.gate:
+        module, _, attr = p.gate.partition(":")
+        assert not getattr(importlib.import_module(module), attr).open, p.id
 cpshim.apply()                                           # apply twice: same wrapper, still once
 for p in needed:
     assert current(p) is wrappers[p.id]

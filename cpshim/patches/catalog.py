@@ -147,6 +147,7 @@ ATTENTION_DISPATCH = Patch(
     floor="4.53.0",
     summary="ring attention for every attention key while a sharded step is in flight; no mask for it",
     follows_mode=False,
+    gate="cpshim.ring.runtime:ROUTING",
     variants=(Variant("route", {"transformers": ">=4.56,<6"}, {"transformers": TRANSFORMERS_CEILING},
                       "cpshim.ring.routing:route",
                       info={"keeps": "every registry lookup outside sharded steps",

@@ -2,7 +2,9 @@
 
 `GeneralInterface.__getitem__` is wrapped (registry entry `attention-dispatch`), so every key a model
 looks up (sdpa, flash_attention_*, hub kernels registered later) runs the ring while a sharded step is
-in flight and the original otherwise; the mask registry returns no mask for sharded steps (the ring
+in flight in the calling thread, and is upstream's own value otherwise (the wrapper is gated by
+`runtime.ROUTING`, closed when no thread has a step: generation looks up per layer per token, and
+pays one attribute read); the mask registry returns no mask for sharded steps (the ring
 is causal by construction, and transformers would read the zigzag junction in position_ids as a
 document boundary and build an O(S_local^2) mask for nothing). No torch import at module level.
 """
@@ -22,6 +24,8 @@ _kinds: dict[type, str | None] = {}
 def route(call: Any, interface: Any, key: Any) -> Any:
     """Impl of `attention-dispatch`: keeps every lookup's result; adds ring routing around it."""
     value = call.original(key)
+    if runtime.current_step() is None:  # another thread's step opened the gate
+        return value
     cls = type(interface)
     try:
         kind = _kinds[cls]
@@ -51,10 +55,7 @@ def _ring_attention(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any):
         step = runtime.current_step()
-        if step is None:
-            from .trainer_hook import armed
-
-            tripwires.check_unsharded(module, armed)
+        if step is None:  # looked up during a step, called after it
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         return ring_forward(step, module, query, key, value, *args, **kwargs)
 

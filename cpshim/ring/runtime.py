@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from .. import lifecycle, modes
 from ..errors import ConfigurationError, UnsupportedVersionError
+from ..patching import Gate
 
 STRATEGIES = ("zigzag", "contiguous", "varlen")
 RING_DTYPES = ("bfloat16", "float16")
@@ -22,6 +23,9 @@ _local = threading.local()
 settings: dict[str, Any] = {"strategy": "zigzag", "heads_k_stride": 1, "ring_dtype": "bfloat16",
                             "check_batches": True}
 loaded: Any = None  # cpshim.ring.loader.RingLoadResult once loaded
+#: Open while a sharded step is in flight in some thread: `attention-dispatch` routes only then, so
+#: outside steps (generation, eval before 5.16, CP off) an attention lookup is upstream's plus one read.
+ROUTING = Gate()
 
 
 def ensure_loaded() -> Any:
@@ -83,7 +87,11 @@ def current_step() -> Any:
 
 
 def set_step(step: Any) -> None:
+    previous = getattr(_local, "step", None)
     _local.step = step
+    if (previous is None) != (step is None):
+        with _lock:
+            ROUTING.enter() if step is not None else ROUTING.leave()
 
 
 def eval_scope() -> Any:

@@ -7,7 +7,6 @@ at shard boundaries). Returns the step context that the Trainer wraps forward an
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
@@ -16,7 +15,6 @@ from . import runtime, sharding, tripwires
 from .step import Step
 
 _REFUSED_ATTENTION = ("eager", "flex_attention")
-armed: "weakref.WeakSet[Any]" = weakref.WeakSet()  # attention modules of models that trained in ring mode
 
 
 def _fail(reason: str) -> CpshimRuntimeError:
@@ -104,6 +102,22 @@ def check_training_labels(training: bool, inputs: dict) -> None:
                     "would see each rank's partial sum. Train such a trainer without cpshim.enable()")
 
 
+#: Batch keys of another modality than text: the model runs a tower over them (its own attention, over
+#: patches or frames, not the text sequence) and places the result at placeholder tokens of the row.
+_MODALITY_PREFIXES = ("pixel_values", "input_features", "audio_values", "image_embeds", "video_embeds")
+
+
+def check_text_only(inputs: dict) -> None:
+    """A vision-language (or audio) batch: its placeholder tokens would be split over the ranks, each rank's
+    shard holding some of an image's tokens but the tower's output for the whole image, and the tower's own
+    attention would reach the ring's routing. Refused by name before anything is sharded."""
+    found = sorted(k for k in inputs if k.startswith(_MODALITY_PREFIXES) and inputs[k] is not None)
+    if found:
+        raise _fail(f"the batch carries {', '.join(found)}: vision-language and audio batches are not supported "
+                    "by ring CP yet (the tower must run unsharded and the sequence be sharded after its output is "
+                    "placed). Train on text-only batches with cpshim.enable(), or without CP")
+
+
 def _cp_group(trainer: Any) -> tuple[Any, int, int]:
     import torch.distributed as dist
 
@@ -146,6 +160,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     check_counters(trainer)
     evaluating = _is_eval_step()
     check_training_labels(not evaluating, inputs)
+    check_text_only(inputs)
     group, rank, cp = _cp_group(trainer)
     strategy = settings["strategy"]
     inputs = dict(inputs)
@@ -185,7 +200,8 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
                 global_len=padded, padding=padded - full, heads_k_stride=settings["heads_k_stride"],
                 ring_dtype=settings["ring_dtype"], model=hf_model,
                 varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
-    armed.update(step.expected.values())
+    if not evaluating:
+        tripwires.arm(hf_model)
     runtime.note_group(cp)
     step.evaluating = evaluating
     needs_logits = evaluating and (

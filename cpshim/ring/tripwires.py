@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
+from .. import lifecycle
 from ..errors import CpshimRuntimeError
+from . import runtime
 from .step import Step
+
+_armed: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # model -> its pre-hook handle
 
 
 class TripwireError(CpshimRuntimeError):
@@ -26,8 +31,10 @@ def check_local_length(step: Step, seq_len: int, module_name: str) -> None:
     if seq_len != step.local_len:
         raise TripwireError(
             f"cpshim ring mode: attention in {module_name} got {seq_len} tokens, but the Trainer hook produced "
-            f"{step.local_len} per rank: something sharded the batch again (1/cp^2 of the tokens, axolotl #3498). "
-            "Remove the other sequence-parallel sharding when cpshim.enable() is on"
+            f"{step.local_len} per rank. Either {module_name} attends over something other than the text "
+            "sequence (a vision or audio tower called from the model's forward: ring CP does not support it "
+            "yet; train without cpshim.enable()), or something sharded the batch again (1/cp^2 of the tokens, "
+            "axolotl #3498: remove the other sequence-parallel sharding when cpshim.enable() is on)"
         )
 
 
@@ -49,9 +56,21 @@ def check_same_batch(input_ids: Any, group: Any, rank: int) -> None:
         )
 
 
-def check_unsharded(module: Any, armed: Any) -> None:
-    if module in armed and getattr(module, "training", False):
-        raise TripwireError(
-            "cpshim ring mode: attention ran in training mode on an unsharded batch with CP on; the Trainer hook "
-            "did not shard this step (a subclass overriding training_step or _prepare_context_parallel_inputs?)"
-        )
+def arm(model: Any) -> None:
+    """After a model's first sharded training step, a forward of it that trains (training mode, grad on)
+    outside a sharded step is an error: the Trainer hook did not shard that step. Generation and eval run
+    under no_grad and pass. A forward pre-hook on the model (once per forward, not per layer per token),
+    active while `attention-dispatch` is."""
+    if model in _armed:
+        return
+    import torch
+
+    def pre_hook(module: Any, args: Any) -> None:
+        if module.training and torch.is_grad_enabled() and runtime.current_step() is None \
+                and lifecycle.is_active("attention-dispatch"):
+            raise TripwireError(
+                "cpshim ring mode: the model ran a training forward on an unsharded batch with CP on; the "
+                "Trainer hook did not shard this step (a subclass overriding training_step or "
+                "_prepare_context_parallel_inputs?)")
+
+    _armed[model] = model.register_forward_pre_hook(pre_hook)

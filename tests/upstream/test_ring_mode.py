@@ -86,6 +86,19 @@ def test_training_batch_without_labels_is_refused(trainer, ring, batch):
         trainer.model.train()
 
 
+@pytest.mark.parametrize("key", ["pixel_values", "pixel_values_videos", "input_features"])
+def test_vision_and_audio_batches_are_refused_by_name(trainer, ring, batch, key):
+    """Qwen2-VL's processor adds pixel_values (and image_grid_thw): refused before sharding, naming the key,
+    rather than tripping over the vision tower's attention (which used to say "sharded the batch again")."""
+    import torch
+
+    with pytest.raises(cpshim.CpshimRuntimeError, match=f"{key}: vision-language and audio batches"):
+        _prepare(trainer, trainer.model, {**batch, key: torch.zeros(4, 8)})
+    text_only = {**batch, "pixel_values": None}  # a collator's empty slot is not an image
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, trainer.model, text_only)
+
+
 def test_heads_k_stride_must_divide_kv_heads(trainer, cp, batch):
     cpshim.enable(heads_k_stride=3)
     try:
@@ -107,16 +120,53 @@ def test_kv_cache_is_refused(trainer, ring, batch):
 
 
 def test_keys_registered_after_enable_are_routed_per_lookup(ring):
-    """Hub kernels register at model load, after enable(): routing decides at each lookup."""
+    """Hub kernels register at model load, after enable(): routing decides at each lookup, and only while a
+    sharded step is in flight in the calling thread (outside, the lookup is upstream's own value)."""
+    import threading
+
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from cpshim.ring import runtime
 
     def late_kernel(module, query, key, value, attention_mask, **kwargs):
         return query.transpose(1, 2), None
 
     AttentionInterface.register("late_hub_kernel", late_kernel)
-    for key in ("late_hub_kernel", "sdpa"):
-        routed = ALL_ATTENTION_FUNCTIONS[key]
-        assert routed is not late_kernel and routed.__wrapped__ is AttentionInterface._global_mapping[key]
+    upstream_sdpa = AttentionInterface._global_mapping["sdpa"]
+    assert not runtime.ROUTING.open
+    assert ALL_ATTENTION_FUNCTIONS["late_hub_kernel"] is late_kernel
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is upstream_sdpa
+    runtime.set_step(object())
+    try:
+        assert runtime.ROUTING.open
+        for key in ("late_hub_kernel", "sdpa"):
+            routed = ALL_ATTENTION_FUNCTIONS[key]
+            assert routed is not AttentionInterface._global_mapping[key]
+            assert routed.__wrapped__ is AttentionInterface._global_mapping[key]
+        assert ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]() is None  # no mask built for a sharded step
+        seen = []  # another thread, no step of its own: upstream's value, though the gate is open
+        thread = threading.Thread(target=lambda: seen.append(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+        thread.start()
+        thread.join()
+        assert seen == [upstream_sdpa]
+    finally:
+        runtime.set_step(None)
+    assert not runtime.ROUTING.open and ALL_ATTENTION_FUNCTIONS["sdpa"] is upstream_sdpa
     cpshim.revert()
     assert ALL_ATTENTION_FUNCTIONS["late_hub_kernel"] is late_kernel  # revert restores plain lookups
+
+
+def test_strict_failure_holds_the_routing_gate_open(upstream):
+    """A gated patch that must raise on every call (strict policy) cannot let a closed gate skip it."""
+    from cpshim import lifecycle
+    from cpshim.ring import runtime
+
+    st = lifecycle._states["attention-dispatch"]
+    lifecycle._raise_on_call(st, cpshim.UnsupportedVersionError("test"))
+    try:
+        assert runtime.ROUTING.open
+    finally:
+        lifecycle._raise_on_call(st, None)
+    assert not runtime.ROUTING.open

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cpshim.ring.step import Step
-from cpshim.ring.tripwires import TripwireError, check_all_ran, check_local_length, check_unsharded
+from cpshim.ring.tripwires import TripwireError, arm, check_all_ran, check_local_length
 
 
 def _step(model, local_len=8):
@@ -37,13 +37,31 @@ def _step_stub(local_len):
     return _step(Empty(), local_len)
 
 
-def test_unsharded_training_forward_is_caught(trainer):
-    attn = trainer.model.model.layers[0].self_attn
-    armed = {attn}
-    attn.train()
+@pytest.mark.needs_cp
+def test_unsharded_training_forward_is_caught(cp):
+    """An armed model (it trained in ring mode) may not run a training forward outside a sharded step; a
+    forward under no_grad (generation, eval) or in eval mode may, and so may any forward once reverted."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    import cpshim
+
+    from .conftest import tiny_config
+
+    cpshim.enable()
+    model = LlamaForCausalLM(tiny_config())
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    model.train()
+    model(input_ids=ids)  # never trained in ring mode
+    arm(model)
+    arm(model)  # idempotent: one hook
+    assert len(model._forward_pre_hooks) == 1
     with pytest.raises(TripwireError, match="unsharded batch"):
-        check_unsharded(attn, armed)
-    attn.eval()
-    check_unsharded(attn, armed)  # eval forwards may run unsharded (before 5.16 they always do)
-    attn.train()
-    check_unsharded(attn, set())  # a model that never trained in ring mode
+        model(input_ids=ids)
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.eval()
+    model(input_ids=ids)
+    model.train()
+    cpshim.revert()
+    model(input_ids=ids)
