@@ -114,6 +114,13 @@ def build_position_ids(batch_size: int, seq_len: int, device: torch.device | str
     return torch.arange(seq_len, device=device).unsqueeze(0).expand(batch_size, seq_len).clone()
 
 
+def packed_rows(position_ids: torch.Tensor) -> bool:
+    """Whether a row holds several documents by transformers' rule (`find_packed_sequence_indices`: a step of
+    position_ids other than +1 starts one), which one process keeps apart (block mask, flash varlen)."""
+    pos = position_ids.reshape(-1, position_ids.shape[-1])
+    return pos.shape[-1] > 1 and bool((torch.diff(pos, dim=-1) != 1).any())
+
+
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """int32 cu_seqlens of the packed stream: a document starts where position_ids is 0 and at every
     row start of a (B, L) tensor (rows are concatenated in order)."""

@@ -118,6 +118,19 @@ def check_text_only(inputs: dict) -> None:
                     "placed). Train on text-only batches with cpshim.enable(), or without CP")
 
 
+def check_documents(inputs: dict, strategy: str) -> None:
+    """Several documents in a row (position_ids restarting, no attention_mask: transformers' packed-sequence
+    rule) are kept apart by one process; only the varlen strategy keeps them apart under the ring. With a
+    mask, restarts are padding (TRL pads position_ids with 0) and one process ignores them, as the ring does."""
+    pos = inputs.get("position_ids")
+    if strategy != "varlen" and inputs.get("attention_mask") is None and hasattr(pos, "dim") \
+            and sharding.packed_rows(pos):
+        raise _fail(f"the batch packs several documents per row (position_ids restart inside a row: TRL's "
+                    f"padding_free or packing, or a packing collator), which one process keeps apart; strategy "
+                    f"{strategy!r} would let them attend across their boundaries. Use "
+                    "cpshim.enable(strategy='varlen')")
+
+
 def _cp_group(trainer: Any) -> tuple[Any, int, int]:
     import torch.distributed as dist
 
@@ -161,8 +174,9 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     evaluating = _is_eval_step()
     check_training_labels(not evaluating, inputs)
     check_text_only(inputs)
-    group, rank, cp = _cp_group(trainer)
     strategy = settings["strategy"]
+    check_documents(inputs, strategy)
+    group, rank, cp = _cp_group(trainer)
     inputs = dict(inputs)
     mask = inputs.get("attention_mask")
     _check_mask(mask)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from cpshim.ring.errors import ShardingError
 from cpshim.ring.sharding import (
     IGNORE_INDEX, STRATEGIES, build_position_ids, build_shift_labels, cu_seqlens_from_position_ids,
-    llama3_local_params, multiple_for, pad_for_strategy, pad_position_ids, shard, shard_indices, shard_inputs,
-    unshard,
+    llama3_local_params, multiple_for, packed_rows, pad_for_strategy, pad_position_ids, shard, shard_indices,
+    shard_inputs, unshard,
 )
 
 RING = settings(max_examples=150)
@@ -149,3 +149,30 @@ def test_shard_inputs_dense_positions_continue_through_padding(strategy, cp, n):
     pos = unshard([p.position_ids for p in parts], 1, cp, strategy)
     assert torch.equal(pos, torch.arange(pos.shape[1]).expand(2, -1))
     assert parts[0].cu_seqlens is None
+
+
+@RING
+@given(length=st.integers(1, 12), data=st.data())
+def test_packed_rows_follows_transformers_own_rule(length, data):
+    """`packed_rows` (which makes zigzag/contiguous refuse a batch) says "several documents" exactly when
+    transformers' find_packed_sequence_indices builds a block mask for the same position_ids: documents of
+    drawn lengths restarting at 0, an offset start, or arbitrary positions."""
+    masking = pytest.importorskip("transformers.masking_utils")
+    find = getattr(masking, "find_packed_sequence_indices", None)
+    if find is None:
+        pytest.skip("this transformers has no find_packed_sequence_indices")
+    rows = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["docs", "offset", "any"]))
+        if kind == "docs":
+            docs = data.draw(st.lists(st.integers(1, length), min_size=1, max_size=4))
+            row = [i for n in docs for i in range(n)][:length]
+            row += list(range(length - len(row)))
+        elif kind == "offset":
+            start = data.draw(st.integers(0, 5))
+            row = list(range(start, start + length))
+        else:
+            row = data.draw(st.lists(st.integers(0, 6), min_size=length, max_size=length))
+        rows.append(row)
+    pos = torch.tensor(rows)
+    assert packed_rows(pos) == (find(pos) is not None)

@@ -99,6 +99,29 @@ def test_vision_and_audio_batches_are_refused_by_name(trainer, ring, batch, key)
         _prepare(trainer, trainer.model, text_only)
 
 
+@pytest.mark.parametrize("strategy", ["zigzag", "contiguous", "varlen"])
+def test_packed_rows_need_the_varlen_strategy(trainer, cp, batch, strategy):
+    """position_ids restarting inside a row without a mask (TRL's padding_free, packing collators): one process
+    keeps the documents apart (transformers' block mask, flash varlen), zigzag/contiguous would not."""
+    import torch
+
+    cpshim.enable(strategy=strategy)
+    try:
+        trainer.model.config._attn_implementation = "sdpa"
+        packed = {**batch, "position_ids": torch.cat([torch.arange(10), torch.arange(6)]).expand(2, 16)}
+        want = "strategy='varlen'" if strategy != "varlen" else "processes per CP group"
+        with pytest.raises(cpshim.CpshimRuntimeError, match=want):
+            _prepare(trainer, trainer.model, packed)
+        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):  # one document per row
+            _prepare(trainer, trainer.model, {**batch, "position_ids": torch.arange(16).expand(2, 16)})
+        padded = {**packed, "attention_mask": torch.ones(2, 16, dtype=torch.long)}  # a mask: restarts are padding
+        padded["attention_mask"][:, 10:] = 0
+        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+            _prepare(trainer, trainer.model, padded)
+    finally:
+        cpshim.disable()
+
+
 def test_heads_k_stride_must_divide_kv_heads(trainer, cp, batch):
     cpshim.enable(heads_k_stride=3)
     try:
