@@ -214,6 +214,7 @@ def tests(session: nox.Session, cell: dict) -> None:
     try:
         _install_cpu(session, f"transformers=={cell['transformers']}", f"accelerate=={cell['accelerate']}",
                      f"ring-flash-attn=={RING}", *cell["pins"],  # ring-flash-attn 0.1.8 declares no dependencies
+                     *[f"{d}=={cell[d]}" for d in render.OPTIONAL_DISTS if cell.get(d)],
                      torch_version=cell["torch"])
     except nox.command.CommandFailed as exc:
         _write_failure(path, "cell", cell["id"], str(exc), suite=cell["suite"],

@@ -30,8 +30,11 @@ COMPAT = ROOT / "compat_matrix" / "COMPAT.md"
 DATA = ROOT / "cpshim" / "_data" / "matrix.json"
 DATA_SCHEMA = 1
 NONE = "none"  # expectation: no variant applies
-STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "suite", "also", "why", "expect", "pins",
-               "refuses")
+STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "trl", "suite", "also", "why", "expect",
+               "pins", "refuses")
+#: Distributions a cell installs at its own version, besides transformers/accelerate/torch: absent from a
+#: cell means not installed there (that cell proves "TRL missing: nothing changes").
+OPTIONAL_DISTS = ("trl",)
 SUITES = ("full", "smoke", "torch")
 MARK = {"passed": "passed", "failed": "**FAILED**", "untested": "untested", "unsupported": "**unsupported**",
         "not-run": "not run"}
@@ -85,12 +88,16 @@ def load_matrix(path: Path = MATRIX) -> dict[str, Any]:
                 raise MatrixError(f"{where}: `{key}` must be a list of strings")
         if set(refuses) - set(expect) or any(expect[r] != NONE for r in refuses):
             raise MatrixError(f"{where}: every id in `refuses` needs `{NONE}` in [cell.expect] (a refusal selects none)")
+        for dist in OPTIONAL_DISTS:
+            if dist in cell and (not isinstance(cell[dist], str) or not cell[dist]):
+                raise MatrixError(f"{where}: `{dist}` must be a version string")
         extra = set(cell) - {"transformers", "accelerate", "torch", "suite", "also", "why", "expect", "pins",
-                             "refuses"}
+                             "refuses", *OPTIONAL_DISTS}
         if extra:
             raise MatrixError(f"{where}: unknown keys {sorted(extra)}")
         cells.append({"id": cid, "transformers": cell["transformers"], "accelerate": cell["accelerate"],
-                      "python": raw["python"], "torch": torch, "suite": cell["suite"], "also": list(also),
+                      "python": raw["python"], "torch": torch, **{d: cell.get(d) for d in OPTIONAL_DISTS},
+                      "suite": cell["suite"], "also": list(also),
                       "why": cell["why"], "expect": dict(expect), "pins": list(pins), "refuses": list(refuses)})
     if not cells:
         raise MatrixError(f"{path}: no [[cell]]")
@@ -151,10 +158,11 @@ def judge(result: dict[str, Any] | None, cell: dict[str, Any] | None) -> tuple[s
         return "failed", [f"install failed: {install.get('error', '?')}"]
     versions = result.get("versions") or {}
     if cell is not None:
-        for dist in ("transformers", "accelerate", "torch"):
-            if release(versions.get(dist)) != cell[dist]:
+        for dist in ("transformers", "accelerate", "torch", *OPTIONAL_DISTS):
+            if release(versions.get(dist)) != cell.get(dist):
                 status = "failed"
-                notes.append(f"installed {dist} {versions.get(dist)}, the cell is {cell[dist]}")
+                notes.append(f"installed {dist} {versions.get(dist) or '(none)'}, the cell is "
+                             f"{cell.get(dist) or 'without it'}")
     patches = result.get("patches") or {}
     if cell is not None:
         for pid, expected in cell["expect"].items():
@@ -344,9 +352,9 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
          "release's fingerprint. `full` cells run every CPU test (patch contract, multi-rank, ring); `smoke` "
          "cells run the real Trainer/Accelerator tests in one process."),
         "",
-        "| transformers | accelerate | torch | result | " + " | ".join(f"`{p}`" for p in pids)
+        "| transformers | accelerate | torch | trl | result | " + " | ".join(f"`{p}`" for p in pids)
         + " | tests | suite | time |",
-        "|---|---|---|---|" + "---|" * len(pids) + "---|---|---|",
+        "|---|---|---|---|---|" + "---|" * len(pids) + "---|---|---|",
     ]
     for c in cells:
         result = results.get(c["id"])
@@ -359,7 +367,7 @@ def render_md(matrix: dict[str, Any], results: dict[str, dict[str, Any]],
             actual = (rec.get("variant") or NONE) if rec else None
             shown = expected if actual in (None, expected) or result is None else f"{actual} (expected {expected})"
             variants.append(f"refused ({shown})" if p in c["refuses"] else shown)
-        lines.append(f"| {c['transformers']} | {c['accelerate']} | {c['torch']} | {MARK[status]} | "
+        lines.append(f"| {c['transformers']} | {c['accelerate']} | {c['torch']} | {c['trl'] or '-'} | {MARK[status]} | "
                      + " | ".join(variants)
                      + f" | {_counts(result)} | {c['suite']} | {_fmt_time(_seconds(result))} |")
     lines += ["", f"Sum of the cells' times (install included): {_fmt_time(total) if total else '-'}."]

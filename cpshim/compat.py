@@ -65,6 +65,7 @@ class Cell:
     run: str | None = None
     notes: tuple[str, ...] = ()
     refuses: tuple[str, ...] = ()  # entries cpshim must refuse on this cell (e.g. ring CP below torch 2.6)
+    trl: str | None = None  # the TRL the cell installs (None: none, which proves "TRL missing: nothing changes")
 
     @property
     def passed(self) -> bool:
@@ -72,7 +73,8 @@ class Cell:
 
     def requirements(self) -> list[str]:
         """Pins for this cell (torch excluded: pick the wheel for your hardware)."""
-        return [f"transformers=={self.transformers}", f"accelerate=={self.accelerate}"]
+        return [f"transformers=={self.transformers}", f"accelerate=={self.accelerate}",
+                *([f"trl=={self.trl}"] if self.trl else [])]
 
 
 def _cell(raw: Mapping[str, Any]) -> Cell:
@@ -81,7 +83,7 @@ def _cell(raw: Mapping[str, Any]) -> Cell:
         id=raw["id"], transformers=raw["transformers"], accelerate=raw["accelerate"], python=raw["python"],
         torch=raw["torch"], suite=raw["suite"], why=raw.get("why", ""), expect=dict(raw["expect"]),
         status=result.get("status", "not-run"), run=result.get("run"), notes=tuple(result.get("notes", ())),
-        refuses=tuple(raw.get("refuses", ())),
+        refuses=tuple(raw.get("refuses", ())), trl=raw.get("trl"),
     )
 
 

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 RESULT_SCHEMA = 1
-_DISTS = ("transformers", "accelerate", "torch")
+_DISTS = ("transformers", "accelerate", "torch", "trl")
 _EXTRA_DISTS = ("torch", "ring-flash-attn", "huggingface-hub", "hypothesis", "pytest")
 
 

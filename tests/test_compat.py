@@ -20,7 +20,7 @@ from packaging.version import Version
 
 import cpshim
 import cpshim.compat
-from cpshim.patches.catalog import ACCELERATE_CEILING, REGISTRY, TRANSFORMERS_CEILING
+from cpshim.patches.catalog import ACCELERATE_CEILING, REGISTRY, TRANSFORMERS_CEILING, TRL_CEILING
 from cpshim.patches.torch_uses import TORCH_CEILING
 from cpshim.registry import PATCH, USES
 from tests.helpers import ROOT, run_python
@@ -83,6 +83,14 @@ def test_torch_cells_reach_the_oldest_admitted_and_the_newest_torch():
     assert str(newest) == TORCH_CEILING, "the newest torch the registry claims must be a cell"
 
 
+def test_the_newest_trl_runs_on_the_oldest_and_newest_transformers_and_some_cells_have_no_trl():
+    """TRL 1.16 admits transformers >= 4.56.2 (its wheel's Requires-Dist): full cells on both ends; cells
+    without TRL prove that nothing changes when it is missing."""
+    with_newest = {c["transformers"] for c in CELLS if c["trl"] == TRL_CEILING and c["suite"] == "full"}
+    assert {"4.56.2", TRANSFORMERS_CEILING} <= with_newest, with_newest
+    assert any(c["trl"] is None and c["suite"] == "full" for c in CELLS)
+
+
 def test_every_catalog_patch_has_an_expectation_in_every_cell():
     missing = {c["id"]: sorted({p.id for p in REGISTRY} - set(c["expect"])) for c in CELLS}
     missing = {k: v for k, v in missing.items() if v}
@@ -100,7 +108,7 @@ def test_expectations_name_registered_patches_and_variants():
 @pytest.mark.parametrize("cell", CELLS, ids=IDS)
 def test_selection_picks_the_expected_variant(cell):
     rep = cpshim.report(versions={"transformers": cell["transformers"], "accelerate": cell["accelerate"],
-                                  "torch": cell["torch"]})
+                                  "torch": cell["torch"], **{d: cell[d] for d in render.OPTIONAL_DISTS}})
     wrong = []
     for rec in rep.patches:
         expected = cell["expect"].get(rec.id)
@@ -123,7 +131,7 @@ def test_every_registered_ceiling_is_tested_by_a_cell():
         for variant in patch.variants:
             cells = [c for c in CELLS if c["expect"].get(patch.id) == variant.name]
             for dist, ceiling in variant.ceiling.items():
-                tested = [Version(c[dist]) for c in cells if dist in c]
+                tested = [Version(c[dist]) for c in cells if c.get(dist)]
                 if not tested or Version(ceiling) > max(tested):
                     untested.append(f"{patch.id}/{variant.name}: {dist} ceiling {ceiling}, newest cell "
                                     f"{max(tested) if tested else 'none'}")
@@ -172,7 +180,7 @@ def test_every_fingerprint_group_has_a_full_cell():
         if patch.id not in groups:
             problems.append(f"{patch.id}: no fingerprint data for its current watch list")
             continue
-        lo = min(Version(c[patch.dist]) for c in CELLS)
+        lo = min(Version(c[patch.dist]) for c in CELLS if c.get(patch.dist))
         proving = ("full",) if patch.kind == PATCH else ("full", "torch")  # torch cells run the multi-rank tests
         for fp, releases in groups[patch.id].items():
             usable = [r for r in releases if not Version(r).is_prerelease and (patch.dist, r) not in yanked
@@ -186,7 +194,7 @@ def test_every_fingerprint_group_has_a_full_cell():
                 if not any(c["refuses"] and _torch_refused(c["torch"]) for c in CELLS):
                     problems.append(f"{label}: refused, and no cell proves a torch refusal")
                 continue
-            cells = [c for c in CELLS if c[patch.dist] in releases]
+            cells = [c for c in CELLS if c.get(patch.dist) in releases]
             if not cells:
                 problems.append(f"{label}: no cell")
             elif not any(c["suite"] in proving for c in cells):
@@ -234,7 +242,8 @@ def test_compat_md_is_generated_from_the_result_files():
 def _result(c, **over):
     base = {
         "kind": "cell", "cell": c["id"], "suite": c["suite"], "run": {"id": "R1", "commit": "abc"},
-        "versions": {"transformers": c["transformers"], "accelerate": c["accelerate"], "torch": c["torch"]},
+        "versions": {"transformers": c["transformers"], "accelerate": c["accelerate"], "torch": c["torch"],
+                     "trl": c["trl"]},
         "patches": {pid: {"variant": None if v == render.NONE else v, "support": "supported", "needed": True,
                           "reason": "ok", "fingerprint": {"matches": ["x"], "unmatched": []}}
                     for pid, v in c["expect"].items()},
@@ -275,6 +284,10 @@ def test_render_judges_each_way_a_cell_can_fail(tmp_path):
     unmatched["patches"]["trainer-cp-inputs"]["fingerprint"] = {"matches": [], "reason": "differs"}
     assert render.judge(unmatched, c0)[0] == "untested"
     assert render.judge({"install": {"ok": False, "error": "no wheel"}}, c0)[0] == "failed"
+    other_trl = _result(c0)  # a cell's TRL (or its absence) is part of what the cell tests
+    other_trl["versions"]["trl"] = None if c0["trl"] else "1.16.0"
+    status, notes = render.judge(other_trl, c0)
+    assert status == "failed" and any(n.startswith("installed trl") for n in notes), notes
     skipped_only = _result(c0, pytest={"exit": 0, "counts": {"skipped": 4}, "passed": [], "failed": [],
                                        "skipped": []})
     assert render.judge(skipped_only, c0) == ("failed", ["no test passed (every test was skipped): "
@@ -304,7 +317,9 @@ def test_compat_cells_are_the_matrix():
     assert [c.id for c in cells] == IDS
     assert all(dict(c.expect) == m["expect"] for c, m in zip(cells, CELLS))
     assert cells[0].requirements() == [f"transformers=={CELLS[0]['transformers']}",
-                                       f"accelerate=={CELLS[0]['accelerate']}"]
+                                       f"accelerate=={CELLS[0]['accelerate']}", f"trl=={CELLS[0]['trl']}"]
+    without = next(c for c in cells if c.trl is None)
+    assert without.requirements() == [f"transformers=={without.transformers}", f"accelerate=={without.accelerate}"]
     assert set(cpshim.compat.cells(passed_only=True)) <= set(cells)
 
 

@@ -23,9 +23,9 @@ def _versions(**raw):
 
 
 @settings(max_examples=300)
-@given(t=version_strings, a=version_strings, torch=version_strings)
-def test_selection_is_total_and_unique(t, a, torch):
-    versions = _versions(transformers=t, accelerate=a, torch=torch)
+@given(t=version_strings, a=version_strings, torch=version_strings, trl=version_strings)
+def test_selection_is_total_and_unique(t, a, torch, trl):
+    versions = _versions(transformers=t, accelerate=a, torch=torch, trl=trl)
     for patch in REGISTRY:
         sel = select(patch, versions)  # overlapping variants would raise RegistrationError here
         assert sel.support in (SUPPORTED, UNTESTED, UNSUPPORTED)
@@ -161,7 +161,8 @@ def test_variants_agree_with_fingerprint_groups():
 
     full = json.loads((Path(__file__).parents[1] / "compat_matrix" / "fingerprints.json").read_text())["patches"]
     newest_accelerate = {"transformers": {"accelerate": "1.15.0"}, "accelerate": {"transformers": "5.24.0"},
-                         "torch": {"transformers": "5.24.0", "accelerate": "1.15.0"}}
+                         "torch": {"transformers": "5.24.0", "accelerate": "1.15.0"},
+                         "trl": {"transformers": "5.24.0", "accelerate": "1.15.0"}}
     for patch in REGISTRY:
         groups = full[patch.id]["groups"]
         assert groups, patch.id

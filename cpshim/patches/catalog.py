@@ -7,10 +7,10 @@ Version boundaries live here and nowhere else. Each `impl` names a function taki
 from __future__ import annotations
 
 from ..registry import Patch, Registry, Variant
+from .ceilings import ACCELERATE_CEILING, TRANSFORMERS_CEILING, TRL_CEILING
 from .torch_uses import TORCH_USES
+from .trl_catalog import TRL_PATCHES
 
-TRANSFORMERS_CEILING = "5.24.0"
-ACCELERATE_CEILING = "1.15.0"
 _T4 = {"transformers": ">=4.56,<5", "accelerate": ">=1.10.1,<2"}
 _T5 = {"transformers": ">=5,<6", "accelerate": ">=1.12,<2"}
 
@@ -285,4 +285,6 @@ TRAINER_FLOS = Patch(
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
                      STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
                      TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS, EVAL_GATHER, TRAINER_EVAL_LOOP, EVAL_SPEED,
-                     TRAINER_TOKENS_SEEN, TRAINER_FLOS, *TORCH_USES))
+                     TRAINER_TOKENS_SEEN, TRAINER_FLOS, *TRL_PATCHES, *TORCH_USES))
+
+__all__ = ["ACCELERATE_CEILING", "REGISTRY", "TRANSFORMERS_CEILING", "TRL_CEILING"]

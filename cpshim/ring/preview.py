@@ -18,8 +18,13 @@ GE_2_10_PRESENT = parse_range(">=4.51,<5.4")
 
 
 def preview(versions: Mapping[str, VersionInfo]) -> dict[str, Any]:
+    from .trl_trainers import trainers
+
     ring, t = versions.get("ring-flash-attn"), versions.get("transformers")
     out: dict[str, Any] = {"ring_flash_attn": ring.raw if ring else None, "strategy_default": "zigzag"}
+    trl = trainers(versions)
+    if trl is not None:
+        out["trl"] = trl
     if ring is None or ring.raw is None:
         out["would_choose"] = "nothing: ring-flash-attn is not installed: pip install 'cpshim[ring]'"
         return out

@@ -41,7 +41,12 @@ def ensure_loaded() -> Any:
 
 
 def _publish() -> None:
+    from .trl_trainers import trainers
+
     info: dict[str, Any] = dict(settings)
+    trl = trainers(lifecycle._versions)
+    if trl is not None:
+        info["trl"] = trl
     if loaded is not None:
         info.update(ring_flash_attn=loaded.ring_version, provider=loaded.provider, bound=loaded.bound,
                     shimmed=list(loaded.shimmed))

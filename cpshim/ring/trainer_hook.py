@@ -122,7 +122,7 @@ def check_documents(inputs: dict, strategy: str) -> None:
     """Several documents in a row (position_ids restarting, no attention_mask: transformers' packed-sequence
     rule) are kept apart by one process; only the varlen strategy keeps them apart under the ring. With a
     mask, restarts are padding (TRL pads position_ids with 0) and one process ignores them, as the ring does."""
-    pos = inputs.get("position_ids")
+    pos: Any = inputs.get("position_ids")
     if strategy != "varlen" and inputs.get("attention_mask") is None and hasattr(pos, "dim") \
             and sharding.packed_rows(pos):
         raise _fail(f"the batch packs several documents per row (position_ids restart inside a row: TRL's "

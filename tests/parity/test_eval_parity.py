@@ -187,7 +187,19 @@ def test_drawn_sizes_equal_one_process(tmp_path_factory, drawn):
         assert not bad, f"{case}:\n" + "\n".join(bad)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="needs trl (not in the matrix cells yet)")
+def _trl_release() -> tuple[int, ...] | None:
+    import importlib.metadata
+
+    try:
+        return tuple(int(p) for p in importlib.metadata.version("trl").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(_trl_release() is None, reason="needs trl (the matrix's TRL cells install it)")
+@pytest.mark.skipif((_trl_release() or (99,)) < (1, 16),
+                    reason="TRL < 1.16 hands compute_metrics no logits (1-D predictions), in one process too: this "
+                           "test's metrics need them (packing parity on that TRL: tests/parity/test_trl_parity.py)")
 def test_trl_sft_evaluate_and_predict_equal_one_process(tmp_path):
     """TRL's SFTTrainer: its own prediction_step (unsharded eval on every CP rank), its compute_loss metrics
     (entropy, token accuracy, gathered with gather_for_metrics) and its token count (num_tokens, from the

@@ -1,0 +1,44 @@
+"""TRL's entries in the registry (TRL is a distribution cpshim patches, like transformers and accelerate).
+
+Ranges come from the TRL wheels (`python compat_matrix/generate.py` reads every release; the packing
+guard of `SFTTrainer.__init__` appeared in 1.11.0). Implementations: :mod:`cpshim.patches.trl_sft`.
+"""
+
+from __future__ import annotations
+
+from ..registry import Patch, Variant
+from .ceilings import ACCELERATE_CEILING, TRL_CEILING
+
+TRL_SFT_PACKING_GUARD = Patch(
+    id="trl-sft-packing-guard",
+    target="trl.trainer.sft_trainer:SFTTrainer.__init__",
+    dist="trl",
+    floor="1.11.0",
+    needed_from="1.11.0",
+    group="trl-sft-packing",
+    summary="ring mode, strategy='varlen': TRL's packing guard (right for torch's native CP) relaxed",
+    variants=(Variant("relax-when-varlen", {"trl": ">=1.11,<2"}, {"trl": TRL_CEILING},
+                      "cpshim.patches.trl_sft:packing_guard",
+                      info={"keeps": "the guard in every other case (native mode, zigzag, contiguous), its error "
+                                     "naming strategy='varlen' in ring mode",
+                            "turns_off": "the packing / eval_packing refusal when cpshim's varlen ring keeps "
+                                         "packed documents apart"}),),
+    watch=("trl.trainer.sft_trainer:SFTTrainer.__init__@cp_enabled",),
+)
+
+ACCELERATE_CP_ENABLED = Patch(
+    id="accelerate-cp-enabled",
+    target="accelerate.parallelism_config:ParallelismConfig.cp_enabled",
+    dist="accelerate",
+    floor="1.10.0",
+    group="trl-sft-packing",
+    follows_mode=False,
+    summary="False to the cp_enabled reads of a relaxed TRL guard's own frame; upstream's value to every other",
+    variants=(Variant("false-for-relaxed-trl-guard", {"accelerate": ">=1.10,<2"}, {"accelerate": ACCELERATE_CEILING},
+                      "cpshim.patches.trl_sft:cp_enabled",
+                      info={"keeps": "upstream's value for every read outside trl-sft-packing-guard's scope",
+                            "turns_off": "cp_enabled=True as seen by the relaxed SFTTrainer.__init__ frame"}),),
+    watch=("accelerate.parallelism_config:ParallelismConfig.cp_enabled",),
+)
+
+TRL_PATCHES = (TRL_SFT_PACKING_GUARD, ACCELERATE_CP_ENABLED)
