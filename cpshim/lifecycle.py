@@ -206,8 +206,10 @@ def _raise_on_call(st: _State, error: UnsupportedVersionError | None) -> None:
     as a closed gate would skip the dispatch that raises it."""
     st.raise_on_call = error
     gate = _gate(st)
-    if gate is not None:
-        gate.hold() if error is not None else gate.release()
+    if gate is not None and error is not None:
+        gate.hold()
+    elif gate is not None:
+        gate.release()
 
 
 def _report_support(st: _State, during_import: bool) -> list[_State]:

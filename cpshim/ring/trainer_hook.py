@@ -91,15 +91,16 @@ def _is_eval_step() -> bool:
     return not torch.is_grad_enabled()
 
 
-def check_training_labels(training: bool, inputs: dict) -> None:
+def check_training_labels(trainer: Any, training: bool, inputs: dict) -> None:
     """Sharding is exact for the token-level loss a model computes from labels: the ranks' partial sums
     add up. A training batch without them belongs to a trainer with its own loss from its own keys
     (TRL's DPO/KTO/GRPO and reward trainers): a per-sequence value (log-prob sums, rewards) put through
     a non-linear loss on each rank's partial sum is silently wrong."""
     if training and inputs.get("labels") is None and inputs.get("shift_labels") is None:
-        raise _fail("a training batch without labels: ring CP is exact for token-level losses computed from "
-                    "labels; a loss built from per-sequence sums of its own keys (DPO, KTO, GRPO, reward models) "
-                    "would see each rank's partial sum. Train such a trainer without cpshim.enable()")
+        raise _fail(f"{type(trainer).__name__} sent a training batch without labels: ring CP is exact for "
+                    "token-level losses computed from labels; a loss built from per-sequence sums of its own keys "
+                    "(TRL's DPOTrainer, KTOTrainer, RewardTrainer) would see each rank's partial sum. Train it "
+                    "without cpshim.enable() (`cpshim report` lists what ring mode does with each TRL trainer)")
 
 
 #: Batch keys of another modality than text: the model runs a tower over them (its own attention, over
@@ -168,11 +169,11 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     settings = runtime.settings
     runtime.ensure_loaded()
     hf_model = _unwrap(model)
+    evaluating = _is_eval_step()
+    check_training_labels(trainer, not evaluating, inputs)  # first: it names the trainer (TRL's DPO, KTO, ...)
     check_model(hf_model, settings["heads_k_stride"])
     check_loss_path(trainer)
     check_counters(trainer)
-    evaluating = _is_eval_step()
-    check_training_labels(not evaluating, inputs)
     check_text_only(inputs)
     strategy = settings["strategy"]
     check_documents(inputs, strategy)
