@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="evaluate for this version instead of the installed one (repeatable)")
         if name == "report":
             p.add_argument("--json", action="store_true", help="machine-readable output")
+        else:
+            p.add_argument("--model", metavar="PATH_OR_TYPE",
+                           help="what ring mode does with this model: a local model directory, its config.json, "
+                                "or a model type (its default config); 0 runs, 1 refuses")
     demo = sub.add_parser("demo", help="2-rank ring CP run of a tiny model beside one process (CPU)")
     demo.add_argument("--steps", type=int, default=4)
     demo.add_argument("--seq-len", type=int, default=128)
@@ -45,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             from .ring import demo as ring_demo
 
             return ring_demo.main(steps=args.steps, seq_len=args.seq_len, strategy=args.strategy)
+        if args.command == "check" and args.model:
+            from .ring import model_check
+
+            code, lines = model_check.verdict(model_check.load_config(args.model))
+            print("\n".join(lines))
+            return code
         rep = _report(args)
     except ConfigurationError as e:
         print(f"cpshim: {e}", file=sys.stderr)

@@ -21,13 +21,13 @@ def no_cp_context(buffers: Any = None, buffer_seq_dims: Any = None, no_restore_b
     yield
 
 
-def non_full_attention_layers(model: Any) -> list[str]:
-    """Layer types that ring attention over the whole sequence would compute wrongly.
+def non_full_attention_layers(model_or_config: Any) -> list[str]:
+    """Layer types that ring attention over the whole sequence would compute wrongly (a model or its config).
 
     Same rule as accelerate 1.15's refusal, applied on every version: any `layer_types` entry other
     than full_attention, or a truthy `sliding_window` when there are no layer types.
     """
-    config = getattr(model, "config", None)
+    config = getattr(model_or_config, "config", model_or_config)
     if config is None or isinstance(config, dict):
         return []
     text = config.get_text_config() if hasattr(config, "get_text_config") else config

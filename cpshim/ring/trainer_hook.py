@@ -27,27 +27,37 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
+def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
+    """What ring attention over the whole sequence would compute wrongly for a model of this config (the
+    refusals of `check_model`, also answered by `cpshim check --model` without building the model)."""
+    out = []
+    impl = getattr(config, "_attn_implementation", None)
+    if impl in _REFUSED_ATTENTION:
+        out.append(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
+                   "load the model with attn_implementation='sdpa' or 'flash_attention_2'")
+    bad = non_full_attention_layers(config)
+    if bad:
+        out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: only full causal "
+                   "attention is exact under ring attention")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("attention_dropout", "attn_logit_softcapping"):
+        if getattr(text, name, None):
+            out.append(f"config.{name}={getattr(text, name)!r} is not supported by the ring kernels: set it to 0/None")
+    kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None)
+    if kv_heads and kv_heads % heads_k_stride:
+        out.append(f"heads_k_stride={heads_k_stride} does not divide the model's {kv_heads} kv heads: "
+                   "pass cpshim.enable(heads_k_stride=...) with a divisor")
+    return out
+
+
 def check_model(model: Any, heads_k_stride: int) -> None:
     """Refuse what ring attention over the whole sequence would compute wrongly."""
     config = getattr(model, "config", None)
     if config is None or isinstance(config, dict):
         raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
-    impl = getattr(config, "_attn_implementation", None)
-    if impl in _REFUSED_ATTENTION:
-        raise _fail(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
-                    "load the model with attn_implementation='sdpa' or 'flash_attention_2'")
-    bad = non_full_attention_layers(model)
-    if bad:
-        raise _fail(f"{type(model).__name__} has {', '.join(bad)} layers: only full causal attention is exact "
-                    "under ring attention")
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name, refused in (("attention_dropout", lambda v: bool(v)), ("attn_logit_softcapping", lambda v: bool(v))):
-        if refused(getattr(text, name, None)):
-            raise _fail(f"config.{name}={getattr(text, name)!r} is not supported by the ring kernels: set it to 0/None")
-    kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None)
-    if kv_heads and kv_heads % heads_k_stride:
-        raise _fail(f"heads_k_stride={heads_k_stride} does not divide the model's {kv_heads} kv heads: "
-                    "pass cpshim.enable(heads_k_stride=...) with a divisor")
+    problems = config_problems(config, heads_k_stride)
+    if problems:
+        raise _fail(problems[0])
 
 
 def check_loss_path(trainer: Any) -> None:

@@ -1,0 +1,56 @@
+"""`cpshim check --model PATH_OR_TYPE`: what ring mode will do with a model, from its config alone.
+
+The config is read locally (a directory holding config.json, a config.json file, or a model type of
+the installed transformers, whose default config is used); no weights and no hub. The verdict is the
+Trainer hook's own refusal rules (`trainer_hook.config_problems`) plus what is refused per batch for
+the model's kind (images and audio for a vision-language model). It says what ring mode will refuse;
+that a model it runs is exact is shown by the parity tests, for the families they train.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigurationError
+
+
+def load_config(spec: str) -> Any:
+    from transformers import AutoConfig
+
+    if os.path.isdir(spec) or os.path.isfile(spec):
+        path = os.path.dirname(spec) if os.path.isfile(spec) else spec
+        if os.path.isfile(spec) and os.path.basename(spec) != "config.json":
+            raise ConfigurationError(f"--model {spec!r}: give a model directory or its config.json")
+        try:
+            return AutoConfig.from_pretrained(path, local_files_only=True)
+        except Exception as e:
+            raise ConfigurationError(f"--model {spec!r}: transformers cannot read this config ({e})") from e
+    try:
+        return AutoConfig.for_model(spec)
+    except ValueError as e:  # transformers' message lists every model type it knows
+        raise ConfigurationError(f"--model {spec!r} is neither a local model directory nor a model type of the "
+                                 "installed transformers (AutoConfig.for_model does not know it)") from e
+
+
+def verdict(config: Any, heads_k_stride: int = 1) -> tuple[int, list[str]]:
+    """(exit code as `cpshim check`: 0 ring mode runs it, 1 refuses it; lines to print)."""
+    from transformers.models.auto import modeling_auto
+
+    from .trainer_hook import config_problems
+
+    name = getattr(config, "model_type", type(config).__name__)
+    causal = set(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(
+        getattr(modeling_auto, "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", {}))
+    if name not in causal:
+        return 1, [f"cpshim check --model: ring mode REFUSES {name}",
+                   f"  {name} is not a causal language model in transformers' auto mappings (causal LM, "
+                   "image-text-to-text): ring attention is causal by construction"]
+    problems = config_problems(config, heads_k_stride)
+    if problems:
+        return 1, [f"cpshim check --model: ring mode REFUSES {name}"] + [f"  {p}" for p in problems]
+    lines = [f"cpshim check --model: ring mode runs {name} (full causal attention in every layer)"]
+    if getattr(config, "vision_config", None) is not None or getattr(config, "audio_config", None) is not None:
+        lines.append("  batches with images, video or audio (pixel_values*, input_features, ...) are refused by "
+                     "name; text-only batches run")
+    return 0, lines
