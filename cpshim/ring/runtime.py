@@ -36,7 +36,7 @@ def ensure_loaded() -> Any:
             from .loader import load_ring_flash_attn
 
             loaded = load_ring_flash_attn()
-        _publish()
+            _publish()
         return loaded
 
 
@@ -71,6 +71,7 @@ def enable(strategy: str = "zigzag", heads_k_stride: int = 1, ring_dtype: str = 
     settings.update(strategy=strategy, heads_k_stride=heads_k_stride, ring_dtype=ring_dtype,
                     check_batches=check_batches)
     ensure_loaded()
+    _publish()  # the settings just given (the Trainer hook's per-step ensure_loaded publishes nothing)
     return lifecycle.apply(mode=modes.RING)
 
 
@@ -94,9 +95,12 @@ def current_step() -> Any:
 def set_step(step: Any) -> None:
     previous = getattr(_local, "step", None)
     _local.step = step
-    if (previous is None) != (step is None):
+    if previous is None and step is not None:
         with _lock:
-            ROUTING.enter() if step is not None else ROUTING.leave()
+            ROUTING.enter()
+    elif previous is not None and step is None:
+        with _lock:
+            ROUTING.leave()
 
 
 def eval_scope() -> Any:
