@@ -19,10 +19,12 @@ from .views import AttributeView
 
 
 def _eval_loop_groups(call: Any, accelerator: Any) -> Any:
-    """The groups, when this gather is the ring eval loop's own (inside the loop, outside a sharded step)."""
+    """The groups, when this gather is of CP-replicated values: in a replicated scope (the ring eval loop, a
+    label-less step, TRL's precompute), outside a sharded step whose values are per-shard partials."""
     from ..ring import data_parallel, runtime
 
-    if runtime.eval_scope() is None or runtime.current_step() is not None:
+    step = runtime.current_step()
+    if runtime.replicated_scope() is None or (step is not None and not step.replicated):
         return None
     return data_parallel.owned_groups(call.mode, accelerator)
 
@@ -67,7 +69,7 @@ def evaluation_loop(call: Any, trainer: Any, dataloader: Any, description: str, 
     pc = getattr(trainer.accelerator, "parallelism_config", None)
     if call.mode != RING or not cp_owned(pc):
         return call.original(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-    with runtime.evaluating(trainer):
+    with runtime.replicated(trainer):
         output = call.original(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
     g = data_parallel.groups(trainer.accelerator)
     if g is not None and output.num_samples and not data_parallel.disabled:

@@ -33,7 +33,8 @@ def prepare_full_length(call: Any, trainer: Any, model: Any, inputs: dict) -> di
 def _ring(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
     from ..ring import trainer_hook
 
-    return trainer_hook.prepare(call, trainer, model, prepare_full_length(call, trainer, model, inputs))
+    # upstream adds its keys to the dict it is given: a label-less batch goes on as the trainer built it
+    return trainer_hook.prepare(call, trainer, model, prepare_full_length(call, trainer, model, dict(inputs)), inputs)
 
 
 def relax_guard(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:

@@ -41,4 +41,24 @@ ACCELERATE_CP_ENABLED = Patch(
     watch=("accelerate.parallelism_config:ParallelismConfig.cp_enabled",),
 )
 
-TRL_PATCHES = (TRL_SFT_PACKING_GUARD, ACCELERATE_CP_ENABLED)
+
+
+def _precompute(trainer: str, module: str, floor: str) -> Patch:
+    return Patch(
+        id=f"trl-{trainer.lower()}-precompute-gather",
+        target=f"trl.trainer.{module}:{trainer}Trainer._precompute_ref_logps",
+        dist="trl",
+        floor=floor,
+        needed_from=floor,
+        summary=f"ring mode: {trainer}Trainer's precomputed reference log-probs gathered over data-parallel ranks "
+                "(not once per CP rank)",
+        variants=(Variant("gather-over-dp", {"trl": f">={floor},<2"}, {"trl": TRL_CEILING},
+                          "cpshim.patches.trl_preference:precompute_ref_logps",
+                          info={"keeps": "the whole method",
+                                "adds": "the scope in which gather_for_metrics gathers over data-parallel ranks"}),),
+        watch=(f"trl.trainer.{module}:{trainer}Trainer._precompute_ref_logps",),
+    )
+
+
+TRL_PATCHES = (TRL_SFT_PACKING_GUARD, ACCELERATE_CP_ENABLED, _precompute("DPO", "dpo_trainer", "0.29.0"),
+               _precompute("KTO", "kto_trainer", "1.8.0"))

@@ -103,19 +103,20 @@ def set_step(step: Any) -> None:
             ROUTING.leave()
 
 
-def eval_scope() -> Any:
-    """The Trainer whose eval loop runs in this thread in ring mode (its gathers are over DP ranks), or None."""
-    return getattr(_local, "eval", None)
+def replicated_scope() -> Any:
+    """The Trainer whose gathers in this thread gather values that are the same on every rank of a CP group
+    (its eval loop, a label-less step, TRL's reference log-prob precompute), or None."""
+    return getattr(_local, "replicated", None)
 
 
 @contextlib.contextmanager
-def evaluating(trainer: Any) -> Iterator[None]:
-    previous = eval_scope()
-    _local.eval = trainer
+def replicated(trainer: Any) -> Iterator[None]:
+    previous = replicated_scope()
+    _local.replicated = trainer
     try:
         yield
     finally:
-        _local.eval = previous
+        _local.replicated = previous
 
 
 def note_eval_steps(prefix: str, num_samples: int, steps: int) -> None:

@@ -17,3 +17,4 @@ class Step:
         self.model = model
         self.evaluating = False  # an eval step (prediction_step, under no_grad): outputs made CP-replicated
         self.unshard_shape: tuple[int, int] | None = None  # eval: (batch, length) to restore logits to
+        self.replicated = False  # a backbone step: what the trainer computes after it is the same on every rank

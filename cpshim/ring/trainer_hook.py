@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
 from ..patches.accelerate_prepare_cp import non_full_attention_layers
-from . import runtime, sharding, tripwires
+from . import layout, runtime, sharding, tripwires
 from .step import Step
 
 _REFUSED_ATTENTION = ("eager", "flex_attention")
@@ -92,6 +92,12 @@ def check_counters(trainer: Any) -> None:
                 "per CP group")
 
 
+def check_compile(trainer: Any) -> None:
+    if getattr(trainer.args, "torch_compile", False):
+        raise _fail("torch_compile=True is not supported with ring attention yet (graph breaks at the ring's "
+                    "collectives); set torch_compile=False")
+
+
 def _is_eval_step() -> bool:
     """The Trainer's prediction_step shards under `torch.no_grad()`, training_step with grad. (The model's
     `training` flag is no guide: training_step calls `model.train()` inside the step context, so the first
@@ -99,18 +105,6 @@ def _is_eval_step() -> bool:
     import torch
 
     return not torch.is_grad_enabled()
-
-
-def check_training_labels(trainer: Any, training: bool, inputs: dict) -> None:
-    """Sharding is exact for the token-level loss a model computes from labels: the ranks' partial sums
-    add up. A training batch without them belongs to a trainer with its own loss from its own keys
-    (TRL's DPO/KTO/GRPO and reward trainers): a per-sequence value (log-prob sums, rewards) put through
-    a non-linear loss on each rank's partial sum is silently wrong."""
-    if training and inputs.get("labels") is None and inputs.get("shift_labels") is None:
-        raise _fail(f"{type(trainer).__name__} sent a training batch without labels: ring CP is exact for "
-                    "token-level losses computed from labels; a loss built from per-sequence sums of its own keys "
-                    "(TRL's DPOTrainer, KTOTrainer, RewardTrainer) would see each rank's partial sum. Train it "
-                    "without cpshim.enable() (`cpshim report` lists what ring mode does with each TRL trainer)")
 
 
 #: Batch keys of another modality than text: the model runs a tower over them (its own attention, over
@@ -165,29 +159,37 @@ def _check_mask(mask: Any) -> None:
                     "padding (tokenizer.padding_side='right') or packed rows with position_ids")
 
 
-def _seq_keys(inputs: dict, batch: int, length: int) -> list[str]:
-    return [k for k, v in inputs.items()
-            if hasattr(v, "dim") and v.dim() >= 2 and tuple(v.shape[:2]) == (batch, length)]
-
-
 _PAD = {"labels": sharding.IGNORE_INDEX, "shift_labels": sharding.IGNORE_INDEX}
 
 
-def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+def prepare(call: Any, trainer: Any, model: Any, inputs: dict, original: dict) -> tuple[Any, dict]:
+    """`inputs`: with upstream's full-length keys (position_ids, shift_labels); `original`: the batch as the
+    trainer built it, what a label-less batch goes on as (its backbone calls are sharded one by one: KTO's
+    KL call has another length than the position_ids upstream built for input_ids)."""
     if inputs.get("past_key_values") is not None or inputs.get("use_cache"):
         raise _fail("KV cache / generate on sharded inputs is not supported: pass use_cache=False")
     settings = runtime.settings
     runtime.ensure_loaded()
     hf_model = _unwrap(model)
     evaluating = _is_eval_step()
-    check_training_labels(trainer, not evaluating, inputs)  # first: it names the trainer (TRL's DPO, KTO, ...)
     check_model(hf_model, settings["heads_k_stride"])
-    check_loss_path(trainer)
     check_counters(trainer)
     check_text_only(inputs)
     strategy = settings["strategy"]
     check_documents(inputs, strategy)
+    check_compile(trainer)
+    labelless = inputs.get("labels") is None and inputs.get("shift_labels") is None
+    if labelless:
+        from . import backbone
+
+        backbone.check_trainer(trainer)
+    else:
+        check_loss_path(trainer)
     group, rank, cp = _cp_group(trainer)
+    runtime.note_group(cp)
+    if labelless:
+        models = backbone.backbones(trainer, model)
+        return (lambda: backbone.sharded(trainer, models, group, rank, cp, not evaluating)), original
     inputs = dict(inputs)
     mask = inputs.get("attention_mask")
     _check_mask(mask)
@@ -202,41 +204,18 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     if length < sharding.multiple_for(strategy, cp):
         raise _fail(f"sequence length {length} is shorter than {sharding.multiple_for(strategy, cp)} "
                     f"({strategy} with cp={cp}): use longer sequences or a smaller cp_size")
-    keys = _seq_keys(inputs, batch, length)
-    cu = None
-    if strategy == "varlen":
-        cu = sharding.cu_seqlens_from_position_ids(inputs["position_ids"])
-        for k in keys:
-            inputs[k] = inputs[k].reshape(1, batch * length, *inputs[k].shape[2:])
-    full = inputs["input_ids"].shape[1]
     if settings["check_batches"]:
-        tripwires.check_same_batch(inputs["input_ids"], group, rank)
-    for k in keys:
-        if k == "position_ids":
-            inputs[k] = sharding.pad_position_ids(inputs[k], cp, strategy)
-        else:
-            inputs[k] = sharding.pad_for_strategy(inputs[k], 1, cp, strategy, _PAD.get(k, 0))
-    padded = inputs["input_ids"].shape[1]
-    if cu is not None and padded > full:
-        cu = __import__("torch").cat([cu, cu.new_tensor([padded])])
-    for k in keys:
-        inputs[k] = sharding.shard(inputs[k], 1, rank, cp, strategy)
-    step = Step(cp=cp, rank=rank, group=group, strategy=strategy, local_len=inputs["input_ids"].shape[1],
-                global_len=padded, padding=padded - full, heads_k_stride=settings["heads_k_stride"],
-                ring_dtype=settings["ring_dtype"], model=hf_model,
-                varlen=sharding.llama3_local_params(cu, rank, cp) if cu is not None else None)
+        tripwires.check_same_batch(ids, group, rank)
+    step = layout.shard_keys(inputs, layout.seq_keys(inputs, batch, length), strategy, cp, rank, _PAD).step(
+        group, settings, hf_model)
     if not evaluating:
         tripwires.arm(hf_model)
-    runtime.note_group(cp)
     step.evaluating = evaluating
     needs_logits = evaluating and (
         getattr(trainer, "compute_metrics", None) is not None
         or getattr(trainer, "preprocess_logits_for_metrics", None) is not None
         or not getattr(trainer.args, "prediction_loss_only", False))
     step.unshard_shape = (batch, length) if needs_logits else None
-    if getattr(trainer.args, "torch_compile", False):
-        raise _fail("torch_compile=True is not supported with ring attention yet (graph breaks at the ring's "
-                    "collectives); set torch_compile=False")
     return (lambda: step_context(step)), inputs
 
 
@@ -257,11 +236,7 @@ def _eval_outputs(step: Step):
         logits = output.get("logits") if hasattr(output, "get") else None
         if step.unshard_shape is None or logits is None or logits.shape[1] != step.local_len:
             return output
-        parts = [torch.empty_like(logits) for _ in range(step.cp)]
-        dist.all_gather(parts, logits.contiguous(), group=step.group)
-        full = sharding.unshard(parts, 1, step.cp, step.strategy)[:, : step.global_len - step.padding]
-        batch, length = step.unshard_shape
-        output["logits"] = full.reshape(batch, length, *full.shape[2:])
+        output["logits"] = layout.gather(logits, step, *step.unshard_shape)
         return output
 
     return hook

@@ -9,37 +9,71 @@ import pytest
 
 import cpshim
 
+_NEEDS = ("trl", "datasets", "ring_flash_attn")
 pytestmark = [pytest.mark.needs_cp,
-              pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("trl", "datasets", "ring_flash_attn")),
+              pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in _NEEDS),
                                  reason="needs trl, datasets and ring-flash-attn (the matrix's TRL cells)")]
 
 
-def test_dpo_batch_is_refused_naming_the_trainer(upstream, tmp_path):
-    """DPOTrainer's collated batch (input_ids, attention_mask, completion_mask: no labels) reaches the hook; a
-    loss of per-sequence log-prob sums over each rank's shard would be silently wrong, so it is refused."""
+def _refusal(trainer, match):
+    """Give the trainer a CP config and run its real first batch through the hook in ring mode."""
     from accelerate import ParallelismConfig
-    from datasets import Dataset
-    from transformers import LlamaForCausalLM
-    from trl import DPOConfig, DPOTrainer
 
-    from cpshim.ring import parity
-    from tests.parity._eval_worker import _tokenizer
-
-    model = LlamaForCausalLM(parity._config())
-    rows = [{"prompt": "t3 t4 t5", "chosen": " t6 t7", "rejected": " t8 t9 t10"}] * 4
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
-                     max_steps=1)
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
-                         train_dataset=Dataset.from_list(rows), processing_class=_tokenizer())
     batch = next(iter(trainer.get_train_dataloader()))
-    assert "labels" not in batch and "input_ids" in batch
+    assert "labels" not in batch and "input_ids" in batch  # a label-less batch: the backbone path
     state = trainer.accelerator.state
     saved = state.parallelism_config
     state.parallelism_config = ParallelismConfig(cp_size=2)
-    cpshim.enable()
     try:
-        with pytest.raises(cpshim.CpshimRuntimeError, match="DPOTrainer sent a training batch without labels"):
+        with pytest.raises(cpshim.CpshimRuntimeError, match=match):
             trainer._prepare_context_parallel_inputs(trainer.model, dict(batch))
     finally:
         state.parallelism_config = saved
+
+
+def _args(cls, tmp_path, **extra):
+    return cls(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True, max_steps=1,
+               **extra)
+
+
+def test_reward_trainer_is_refused_by_name(upstream, tmp_path):
+    """RewardTrainer runs the backbone path, but its parity is not shown (its noise floor is above the suite's
+    tolerance): refused by name, its subclasses too."""
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaForSequenceClassification
+
+    from cpshim.ring import parity
+    from tests.parity._pref_worker import rows, tokenizer
+
+    config = parity._config()
+    config.num_labels, config.pad_token_id = 1, 0
+    trainer = type("MyReward", (trl.RewardTrainer,), {})(
+        model=LlamaForSequenceClassification(config), args=_args(trl.RewardConfig, tmp_path),
+        train_dataset=Dataset.from_list(rows("reward", 4, 1)), processing_class=tokenizer())
+    cpshim.enable()
+    try:
+        _refusal(trainer, r"MyReward \(RewardTrainer\): its reward is read at one token")
+    finally:
+        cpshim.revert()
+
+
+def test_reference_logps_precomputed_before_enable_are_refused(upstream, tmp_path):
+    """DPO precomputes its reference log-probs when it is built: built before `cpshim.enable()`, they were
+    gathered once per process (per CP rank), so the step refuses, naming the fix."""
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaForCausalLM
+
+    from cpshim.ring import parity
+    from tests.parity._pref_worker import rows, tokenizer
+
+    model = LlamaForCausalLM(parity._config())
+    trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model),
+                             args=_args(trl.DPOConfig, tmp_path, precompute_ref_log_probs=True),
+                             train_dataset=Dataset.from_list(rows("dpo", 4, 1)), processing_class=tokenizer())
+    cpshim.enable()
+    try:
+        _refusal(trainer, "DPOTrainer precomputed its reference log-probs outside cpshim's scope")
+    finally:
         cpshim.revert()

@@ -1,0 +1,201 @@
+"""Label-less batches (TRL's DPO, KTO and reward trainers): the sequence sharded through the backbone only.
+
+Their losses are non-linear in per-sequence values (log-prob sums through a sigmoid, a reward read at
+the last token, a KL estimate), so a rank's partial sum is not enough. Here only the decoder backbone
+(`model.base_model`: where attention mixes the sequence, and where the activations are) runs sharded.
+Its entry shards the sequence keys; its exit all-gathers the hidden states over the CP group and
+unshards them (`layout.gather`). Every head (the LM head, TRL's fused log-prob head, a score head) and
+the trainer's loss then run on the whole sequence on each rank, as one process runs them: exact for
+any loss, at the price of the head's work repeated on the cp ranks. Exchanges: one all-gather of the
+last hidden state per backbone call, one all-reduce of its gradient in backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Iterator
+
+from . import layout, runtime, sharding, tripwires
+from .trainer_hook import _check_mask, _fail, _unwrap, check_documents
+
+_signatures: dict[type, inspect.Signature] = {}
+
+
+def backbone_of(model: Any) -> Any:
+    """The module whose forward runs the decoder layers: PEFT's base model unwrapped, then its `base_model`."""
+    hf = _unwrap(model)
+    if hasattr(hf, "get_base_model"):
+        hf = hf.get_base_model()
+    return getattr(hf, "base_model", hf)
+
+
+def backbones(trainer: Any, model: Any) -> list[Any]:
+    """The backbones of the models a trainer calls in a step: the policy and, if any, the reference model."""
+    out: list[Any] = []
+    for candidate in (model, getattr(trainer, "model", None), getattr(trainer, "ref_model", None)):
+        if candidate is None:
+            continue
+        b = backbone_of(candidate)
+        if all(b is not other for other in out):
+            out.append(b)
+    return out
+
+
+def _signature(module: Any) -> inspect.Signature:
+    sig = _signatures.get(type(module))
+    if sig is None:
+        sig = _signatures[type(module)] = inspect.signature(module.forward)
+    return sig
+
+
+def check_trainer(trainer: Any) -> None:
+    """Refused: a trainer whose parity is not shown (`trl_trainers.UNPROVEN`), and a TRL trainer that
+    precomputed its reference log-probs outside cpshim's replicated scope (a TRL without a variant of
+    `trl-*-precompute-gather`, or cpshim enabled after the trainer was built): gathered over every
+    process, CP peers among them, rows received other rows' values."""
+    from ..patches.trl_preference import precomputed
+    from .trl_trainers import UNPROVEN
+
+    name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in UNPROVEN), None)
+    if name is not None:
+        raise _fail(f"{type(trainer).__name__} ({name}): {UNPROVEN[name]}")
+    if getattr(trainer, "precompute_ref_logps", False) and trainer not in precomputed:
+        raise _fail(f"{type(trainer).__name__} precomputed its reference log-probs outside cpshim's scope, gathered "
+                    "once per CP rank (rows got other rows' values). Call cpshim.enable() before building the "
+                    "trainer, on a TRL that `cpshim report` lists trl-*-precompute-gather as active for, or set "
+                    "precompute_ref_log_probs=False")
+
+
+def _kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by name (a score head passes input_ids positionally)."""
+    if not args:
+        return dict(kwargs)
+    sig = _signature(module)
+    bound = sig.bind(*args, **kwargs).arguments
+    out: dict = {}
+    for name, value in bound.items():
+        if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
+
+
+class _Calls:
+    """The backbone calls of one training (or eval) step. A call under grad keeps its step current after it
+    returns: gradient checkpointing recomputes the layers during backward, where the ring must run again
+    over the same shards. A call under no_grad (the reference model) restores the step before it."""
+
+    def __init__(self, group: Any, rank: int, cp: int) -> None:
+        self.group, self.rank, self.cp = group, rank, cp
+        self.stack: list[Any] = []  # per call in flight: (step, layout, step before it, grad) or None (nested)
+        self.kept: Any = None  # (step, layout) of the last call under grad
+
+    def enter(self, module: Any, args: tuple, kwargs: dict) -> Any:
+        import torch
+
+        if any(entry is not None for entry in self.stack):
+            self.stack.append(None)  # a backbone called inside one already sharded
+            return None
+        settings = runtime.settings
+        strategy = settings["strategy"]
+        kw = _kwargs(module, args, kwargs)
+        ref = kw.get("input_ids") if kw.get("input_ids") is not None else kw.get("inputs_embeds")
+        if ref is None:
+            raise _fail(f"{type(module).__name__} was called without input_ids or inputs_embeds")
+        if kw.get("past_key_values") is not None or kw.get("output_attentions"):
+            raise _fail("a KV cache or attention weights from a sharded backbone call are not supported "
+                        "(the ring computes no attention weights): pass use_cache=False, output_attentions=False")
+        batch, length = ref.shape[:2]
+        mask = kw.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise _fail(f"a {mask.dim()}-D attention_mask reached {type(module).__name__}: pass a 2-D padding "
+                        "mask (or none); the ring is causal over the whole row")
+        _check_mask(mask)
+        if kw.get("position_ids") is None:  # what one process uses: 0..L-1 per row
+            kw["position_ids"] = sharding.build_position_ids(batch, length, ref.device)
+        check_documents(kw, strategy)
+        if length < sharding.multiple_for(strategy, self.cp):
+            raise _fail(f"sequence length {length} is shorter than {sharding.multiple_for(strategy, self.cp)} "
+                        f"({strategy} with cp={self.cp}): use longer sequences or a smaller cp_size")
+        kw.pop("cache_position", None)  # the backbone builds it from the local length
+        if "use_cache" in kw or "use_cache" in _signature(module).parameters:
+            kw["use_cache"] = False  # a cache would hold this rank's shard only
+        if settings["check_batches"] and kw.get("input_ids") is not None:
+            tripwires.check_same_batch(kw["input_ids"], self.group, self.rank)
+        lay = layout.shard_keys(kw, layout.seq_keys(kw, batch, length), strategy, self.cp, self.rank, {})
+        step = lay.step(self.group, settings, module)
+        step.replicated = True
+        grad = torch.is_grad_enabled()
+        if grad and self.kept is not None and getattr(module, "gradient_checkpointing", False) \
+                and not _same_shards(self.kept[1], lay):
+            raise _fail("two backbone calls under grad with different sequence layouts in one step, with gradient "
+                        "checkpointing on: its recompute in backward could not tell their shards apart. Turn "
+                        "gradient checkpointing off, or pad both calls to one length")
+        self.stack.append((step, lay, runtime.current_step(), grad, batch, length))
+        runtime.set_step(step)
+        return (), kw
+
+    def exit(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        entry = self.stack.pop()
+        if entry is None:
+            return None
+        step, lay, before, grad, batch, length = entry
+        tripwires.check_all_ran(step)
+        if grad:
+            self.kept = (step, lay)
+        else:
+            runtime.set_step(before)
+        return _gathered(output, step, batch, length, type(module).__name__)
+
+
+def _same_shards(a: Any, b: Any) -> bool:
+    import torch
+
+    return (a.batch, a.length, a.padded) == (b.batch, b.length, b.padded) and \
+        ((a.cu is None and b.cu is None) or (a.cu is not None and b.cu is not None and torch.equal(a.cu, b.cu)))
+
+
+def _gathered(output: Any, step: Any, batch: int, length: int, name: str) -> Any:
+    """The backbone's output with every per-position tensor made whole (hidden states, each layer's too)."""
+    local = (1 if step.varlen is not None else batch, step.local_len)
+
+    def whole(key: Any, value: Any) -> Any:
+        if value is None or key == "past_key_values":  # a cache would hold this rank's shard only
+            return None
+        if isinstance(value, (tuple, list)):
+            return type(value)(whole(key, v) for v in value)
+        if hasattr(value, "dim") and value.dim() >= 2 and tuple(value.shape[:2]) == local:
+            return layout.gather(value, step, batch, length)
+        raise _fail(f"{name} returned {key} ({type(value).__name__}{tuple(getattr(value, 'shape', ()))}), which "
+                    "does not run along the sequence in a form cpshim can gather (MoE router logits?): train "
+                    "without output_router_logits, or without cpshim.enable()")
+
+    if isinstance(output, tuple):
+        return tuple(whole(i, v) for i, v in enumerate(output))
+    for key in list(output.keys()):
+        output[key] = whole(key, output[key])
+    return output
+
+
+@contextlib.contextmanager
+def sharded(trainer: Any, modules: list[Any], group: Any, rank: int, cp: int, training: bool) -> Iterator[None]:
+    """The step context of a label-less batch: each backbone's calls sharded (hooks removed at exit), the
+    trainer's gathers (TRL's metrics, KTO's KL estimate) over data-parallel ranks: its values are the same
+    on every rank of the group."""
+    calls = _Calls(group, rank, cp)
+    before = runtime.current_step()
+    handles = []
+    for m in modules:
+        if training:
+            tripwires.arm(m)  # a training forward of the backbone outside a step is unsharded: refused
+        handles.append(m.register_forward_pre_hook(calls.enter, with_kwargs=True, prepend=True))
+        handles.append(m.register_forward_hook(calls.exit, with_kwargs=True))
+    try:
+        with runtime.replicated(trainer):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+        runtime.set_step(before)

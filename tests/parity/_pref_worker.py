@@ -1,0 +1,174 @@
+"""TRL's DPO, KTO (and reward) trainers: ring CP (the backbone sharded, heads and loss on the whole sequence)
+against one process, same script.
+
+Run by `tests/parity/test_pref_parity.py`, once in one process and once as cp=2 ranks. A case:
+
+    {"id", "trainer" ("dpo" | "reward" | "kto"), "steps", "batch", "loss_type", "precompute", "ref"
+     ("copy" | "peft"), "eval", "negative"}
+
+SGD at lr 0.05 with TRL's beta 0.1: at the SFT suite's lr 0.5 and beta 0.5, DPO jumps from 0.69 to 2.9
+in one step, and the bf16 noise of the first gradient (1%) is amplified into later losses (one process
+against itself, bf16 against fp16 attention, differs as much).
+
+Rows: a prompt of random tokens; the chosen completion repeats it (its log-probs need attention from
+one shard into the other), the rejected one is random. One process runs the reference attention;
+the ring ranks run `cpshim.enable()` (zigzag). Recorded: per-step losses, first-step per-tensor
+gradients (SGD), and the eval loss when asked. The negative control keeps each rank's share of the
+gathered sequence's gradient without summing it over the group: it must fail the same check.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from cpshim.ring import parity
+
+
+def tokenizer() -> Any:
+    """A word-level tokenizer over the parity vocabulary, splitting on whitespace (no hub)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"t{i}": i for i in range(3, parity.VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def rows(trainer: str, n: int, seed: int) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def words(k: int) -> list[str]:
+        return [f"t{int(i)}" for i in torch.randint(3, parity.VOCAB, (k,), generator=g)]
+
+    out = []
+    for i in range(n):
+        prompt = words(int(torch.randint(12, 25, (1,), generator=g)))
+        chosen, rejected = prompt, words(int(torch.randint(8, 25, (1,), generator=g)))
+        if trainer == "kto":  # unpaired: a desirable copy or an undesirable random completion
+            good = i % 2 == 0
+            out.append({"prompt": " ".join(prompt), "completion": " " + " ".join(chosen if good else rejected),
+                        "label": good})
+        else:
+            out.append({"prompt": " ".join(prompt), "chosen": " " + " ".join(chosen),
+                        "rejected": " " + " ".join(rejected)})
+    return out
+
+
+def _args(case: dict, cp: int, out_dir: str) -> Any:
+    import trl
+
+    extra: dict[str, Any] = {}
+    if cp > 1:
+        from accelerate import ParallelismConfig
+
+        extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
+    kind = case["trainer"]
+    if kind == "dpo":
+        config: Any = trl.DPOConfig
+        extra.update(loss_type=case.get("loss_type", "sigmoid"), beta=0.1,
+                     precompute_ref_log_probs=case.get("precompute", False))
+    elif kind == "kto":
+        config = trl.KTOConfig
+        extra.update(beta=0.1)
+    else:
+        config = trl.RewardConfig
+    return config(
+        output_dir=out_dir, per_device_train_batch_size=case["batch"], per_device_eval_batch_size=case["batch"],
+        max_steps=case["steps"], learning_rate=0.05, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, report_to=[], use_cpu=True, seed=0, data_seed=0,
+        disable_tqdm=True, save_strategy="no", eval_strategy="no", max_length=None, **extra)
+
+
+def _model(case: dict, cp: int) -> Any:
+    import torch
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = parity._config()
+    if case["trainer"] == "reward":
+        config.num_labels, config.pad_token_id = 1, 0
+        model = LlamaForSequenceClassification(config)
+    else:
+        model = LlamaForCausalLM(config)
+    if cp == 1:
+        from transformers import AttentionInterface
+
+        forward, capture = parity._reference_attention()
+        AttentionInterface.register(parity.REFERENCE_KEY, forward)
+        model.config._attn_implementation = parity.REFERENCE_KEY
+        model.model.register_forward_pre_hook(capture, with_kwargs=True)
+    return model
+
+
+def _trainer(case: dict, cp: int, out_dir: str, callbacks: list) -> Any:
+    import trl
+
+    model = _model(case, cp)
+    kind = case["trainer"]
+    kwargs: dict[str, Any] = {}
+    if kind in ("dpo", "kto"):
+        ref = case.get("ref", "copy")
+        if ref == "copy":
+            kwargs["ref_model"] = copy.deepcopy(model)
+        elif ref == "peft":
+            from peft import LoraConfig
+
+            kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
+                                               lora_dropout=0.0)
+    cls = {"dpo": trl.DPOTrainer, "kto": trl.KTOTrainer, "reward": trl.RewardTrainer}[kind]
+    args = _args(case, cp, out_dir)  # starts torch.distributed on the ring ranks
+    return cls(model=model, args=args, train_dataset=_dataset(rows(kind, 16, 7), out_dir, "train"),
+               eval_dataset=_dataset(rows(kind, 4, 99), out_dir, "eval"), processing_class=tokenizer(),
+               callbacks=callbacks, **kwargs)
+
+
+def _dataset(data: list[dict], out_dir: str, name: str) -> Any:
+    """An on-disk dataset that every rank opens: TRL's precomputed reference log-probs are cached beside
+    it by the main process and read by the others (an in-memory dataset has a cache per process)."""
+    import torch.distributed as dist
+    from datasets import Dataset, load_from_disk
+
+    path = os.path.join(out_dir, f"data-{name}")
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        Dataset.from_list(data).save_to_disk(path)
+    if dist.is_initialized():
+        dist.barrier()
+    return load_from_disk(path)
+
+
+def run_case(case: dict, cp: int, out_dir: str) -> dict:
+    import torch.distributed as dist
+
+    import cpshim
+    from cpshim.ring import layout
+
+    layout.reduce_gradients = not case.get("negative")
+    if cp > 1:
+        cpshim.enable(strategy="zigzag")
+    recorder = parity._Recorder()
+    trainer = _trainer(case, cp, out_dir, [recorder.callback])
+    trainer.train()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    batch = next(iter(trainer.get_train_dataloader()))
+    result = {"rank": rank, "losses": parity._losses(trainer), "grads": recorder.grads if rank == 0 else None,
+              "first_batch": {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}}
+    if case.get("eval"):
+        result["eval_loss"] = trainer.evaluate()["eval_loss"]
+    layout.reduce_gradients = True
+    return result
+
+
+def main_worker(cases_json: str, out_dir: str, cp: int) -> None:
+    import torch
+
+    for i, case in enumerate(json.loads(cases_json)):
+        tag = "ring" if cp > 1 else "ref"
+        result = run_case(case, cp, os.path.join(out_dir, f"{tag}-{i}-trainer"))
+        if result["rank"] == 0:
+            torch.save(result, os.path.join(out_dir, f"{tag}-{i}.pt"))

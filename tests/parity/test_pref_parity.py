@@ -1,0 +1,77 @@
+"""TRL's DPO and KTO trainers under ring CP equal one process running the same script.
+
+Their batches carry no labels: the backbone runs sharded and its hidden states are all-gathered, so
+TRL's heads and losses see the whole sequence (`cpshim.ring.backbone`). SGD, TRL's defaults otherwise
+(gradient checkpointing on: the recompute runs the ring again), zigzag, a prompt whose copy is the
+chosen completion (attention across shards matters): per-step losses and first-step per-tensor
+gradients against one process's reference attention, within the parity suite's tolerances. DPO:
+sigmoid, IPO and hinge losses, an explicit reference model, the PEFT-adapter reference, and
+precomputed reference log-probs (`trl-dpo-precompute-gather`: upstream's gather over every process
+misassigned them, first loss 3.05 for 0.693). The negative control keeps each rank's share of the
+gathered hidden states' gradient without summing it over the group: it must fail the same check.
+The worker is tests/parity/_pref_worker.py; one launch runs every case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from cpshim.ring import parity
+from tests.helpers import run_python, run_ranks
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
+if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn",
+                                                     "trl", "datasets", "peft")):
+    pytest.skip("needs torch, transformers, accelerate, ring-flash-attn, trl, datasets and peft",
+                allow_module_level=True)
+
+LOSS_RTOL, GRAD_RTOL = 1e-3, 2e-2  # the training parity suite's (tests/parity/test_ring_parity.py)
+CASES = [
+    {"id": "dpo-sigmoid", "trainer": "dpo", "steps": 3, "batch": 2, "eval": True},
+    {"id": "dpo-ipo", "trainer": "dpo", "loss_type": "ipo", "steps": 3, "batch": 2},
+    {"id": "dpo-hinge", "trainer": "dpo", "loss_type": "hinge", "steps": 3, "batch": 2},
+    {"id": "dpo-precompute", "trainer": "dpo", "precompute": True, "steps": 2, "batch": 2},
+    {"id": "dpo-peft-reference", "trainer": "dpo", "ref": "peft", "steps": 2, "batch": 2},
+    {"id": "kto", "trainer": "kto", "steps": 3, "batch": 2, "eval": True},
+    {"id": "negative-no-gradient-sum", "trainer": "dpo", "steps": 2, "batch": 2, "negative": True},
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    import torch
+
+    out = str(tmp_path_factory.mktemp("prefparity"))
+    code = f"from tests.parity._pref_worker import main_worker; main_worker({json.dumps(CASES)!r}, {out!r}, CP)"
+    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
+    run_ranks(code.replace("CP", "2"), 2, timeout=900)
+    return {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt"), weights_only=False),
+                      torch.load(os.path.join(out, f"ring-{i}.pt"), weights_only=False)) for i, c in enumerate(CASES)}
+
+
+def _check(ref: dict, ring: dict) -> dict:
+    verdict = parity.compare(ref, ring, LOSS_RTOL, GRAD_RTOL)
+    if "eval_loss" in ref:
+        verdict["eval_rel_err"] = abs(ring["eval_loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
+        verdict["ok"] = verdict["ok"] and verdict["eval_rel_err"] <= LOSS_RTOL
+    return verdict
+
+
+@pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
+def test_preference_trainer_equals_one_process(results, case):
+    ref, ring = results[case]
+    assert ref["first_batch"] == ring["first_batch"], "the two runs collated different batches"
+    assert "labels" not in ring["first_batch"]  # a label-less batch: the backbone path
+    verdict = _check(ref, ring)
+    print(case, verdict)
+    assert verdict["ok"], verdict
+
+
+def test_negative_control_fails_the_same_check(results):
+    verdict = _check(*results["negative-no-gradient-sum"])
+    print("negative control:", verdict)
+    assert not verdict["ok"] and verdict["grad_rel_err_max"] > 10 * GRAD_RTOL, verdict
