@@ -85,7 +85,7 @@ def _with_hidden(parity: Any, hidden: int) -> None:
     parity._config = config  # run_case looks it up at call time
 
 
-def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None) -> None:
+def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None, trainer: str = "sft") -> None:
     import torch
     import transformers
     from transformers import TrainerCallback
@@ -132,7 +132,12 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
     case = {"id": "bench", "strategy": "zigzag", "batch": 1, "seq_len": seq_len, "steps": steps,
             "output_dir": os.path.join(out_dir, f"trainer-{cp}")}
     t0 = time.perf_counter()
-    result = parity.run_case(case, cp)
+    if trainer == "dpo":  # TRL's DPOTrainer, one chosen/rejected pair of seq_len tokens each (the backbone path)
+        from tests.parity import _pref_worker
+
+        result = _pref_worker.run_case({**case, "trainer": "dpo"}, cp, case["output_dir"])
+    else:
+        result = parity.run_case(case, cp)
     rec["run_case_s"] = time.perf_counter() - t0
     rec["peak_rss_kib"] = _status_kib("VmHWM") if rec.get("hwm_reset") else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss

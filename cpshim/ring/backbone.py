@@ -60,7 +60,7 @@ def check_trainer(trainer: Any) -> None:
     name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in UNPROVEN), None)
     if name is not None:
         raise _fail(f"{type(trainer).__name__} ({name}): {UNPROVEN[name]}")
-    if getattr(trainer, "precompute_ref_logps", False) and trainer not in precomputed:
+    if getattr(getattr(trainer, "args", None), "precompute_ref_log_probs", False) and trainer not in precomputed:
         raise _fail(f"{type(trainer).__name__} precomputed its reference log-probs outside cpshim's scope, gathered "
                     "once per CP rank (rows got other rows' values). Call cpshim.enable() before building the "
                     "trainer, on a TRL that `cpshim report` lists trl-*-precompute-gather as active for, or set "
@@ -89,7 +89,8 @@ class _Calls:
 
     def __init__(self, group: Any, rank: int, cp: int) -> None:
         self.group, self.rank, self.cp = group, rank, cp
-        self.stack: list[Any] = []  # per call in flight: (step, layout, step before it, grad) or None (nested)
+        # per call in flight: (step, layout, step before it, grad, batch, length), or None for a nested call
+        self.stack: list[Any] = []
         self.kept: Any = None  # (step, layout) of the last call under grad
 
     def enter(self, module: Any, args: tuple, kwargs: dict) -> Any:
@@ -119,7 +120,7 @@ class _Calls:
         if length < sharding.multiple_for(strategy, self.cp):
             raise _fail(f"sequence length {length} is shorter than {sharding.multiple_for(strategy, self.cp)} "
                         f"({strategy} with cp={self.cp}): use longer sequences or a smaller cp_size")
-        kw.pop("cache_position", None)  # the backbone builds it from the local length
+        kw.pop("cache_position", None)  # no cache (below): the backbone builds it from the local length
         if "use_cache" in kw or "use_cache" in _signature(module).parameters:
             kw["use_cache"] = False  # a cache would hold this rank's shard only
         if settings["check_batches"] and kw.get("input_ids") is not None:

@@ -1,7 +1,8 @@
 """Mode `ring` inside `Trainer._prepare_context_parallel_inputs`: check, pad and shard the batch.
 
-Called with upstream's full-length `position_ids` and `shift_labels` already built (no target is lost
-at shard boundaries). Returns the step context that the Trainer wraps forward and backward in.
+A batch with labels comes with upstream's full-length `position_ids` and `shift_labels` already built
+(no target is lost at shard boundaries); a label-less one goes on unsharded to `cpshim.ring.backbone`.
+Returns the step context that the Trainer wraps forward and backward in.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def check_counters(trainer: Any) -> None:
                 "per CP group")
 
 
+def check_tensor_batch(trainer: Any, inputs: Any) -> None:
+    """The Trainer hook runs before `_prepare_inputs`: a trainer that generates there (TRL's GRPO and RLOO)
+    hands it the raw generation batch, prompts not tensors (TRL issue #4016)."""
+    if not isinstance(inputs, dict):
+        raise _fail(f"{type(trainer).__name__} sent a {type(inputs).__name__} batch, not a dict of tensors (a "
+                    "generation batch: its trainer builds the model inputs after generating). Ring CP does not "
+                    "shard generation batches yet: train it without cpshim.enable()")
+
+
 def check_compile(trainer: Any) -> None:
     if getattr(trainer.args, "torch_compile", False):
         raise _fail("torch_compile=True is not supported with ring attention yet (graph breaks at the ring's "
@@ -162,10 +172,9 @@ def _check_mask(mask: Any) -> None:
 _PAD = {"labels": sharding.IGNORE_INDEX, "shift_labels": sharding.IGNORE_INDEX}
 
 
-def prepare(call: Any, trainer: Any, model: Any, inputs: dict, original: dict) -> tuple[Any, dict]:
-    """`inputs`: with upstream's full-length keys (position_ids, shift_labels); `original`: the batch as the
-    trainer built it, what a label-less batch goes on as (its backbone calls are sharded one by one: KTO's
-    KL call has another length than the position_ids upstream built for input_ids)."""
+def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
+    """A batch with labels comes with upstream's full-length keys (position_ids, shift_labels) and is sharded
+    here; a label-less one comes as the trainer built it and goes on unsharded (`cpshim.ring.backbone`)."""
     if inputs.get("past_key_values") is not None or inputs.get("use_cache"):
         raise _fail("KV cache / generate on sharded inputs is not supported: pass use_cache=False")
     settings = runtime.settings
@@ -189,7 +198,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict, original: dict) -
     runtime.note_group(cp)
     if labelless:
         models = backbone.backbones(trainer, model)
-        return (lambda: backbone.sharded(trainer, models, group, rank, cp, not evaluating)), original
+        return (lambda: backbone.sharded(trainer, models, group, rank, cp, not evaluating)), inputs
     inputs = dict(inputs)
     mask = inputs.get("attention_mask")
     _check_mask(mask)

@@ -19,7 +19,14 @@ UNPROVEN = {"RewardTrainer": "its reward is read at one token per sequence, so i
                              "cpshim.enable()"}
 _BACKBONE = ("exact (label-less: the backbone runs sharded, its hidden states are all-gathered, heads and loss see "
              "the whole sequence)")
-_TESTED = ("1.11.0", "1.16.0")  # the TRL releases the matrix's cells run (tests/parity/test_trl_parity.py)
+#: The oldest and newest TRL the matrix's cells run each trainer's parity test on (test_trl_parity.py for SFT
+#: packing, test_pref_parity.py for DPO and KTO).
+_TESTED = {"SFT": ("1.11.0", "1.16.0"), "DPO": ("1.5.1", "1.16.0"), "KTO": ("1.5.1", "1.16.0")}
+
+
+def _untested(name: str, key: Any, raw: str) -> str:
+    lo, hi = _TESTED[name]
+    return "" if release_key(lo) <= key <= release_key(hi) else f"; untested on trl {raw} (tested: {lo}-{hi})"
 
 
 def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -34,7 +41,6 @@ def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     key = parsed[0]
     packing_relaxed = select(REGISTRY["trl-sft-packing-guard"], versions).variant is not None
-    lo, hi = (release_key(v) for v in _TESTED)
     sft = "exact (token-level loss: its own shift_labels scored on each shard)"
     if key >= release_key("1.11.0"):
         sft += ("; packing, padding_free and eval_packing with strategy='varlen' (TRL's packing guard relaxed)"
@@ -42,8 +48,7 @@ def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
                                         "fits this TRL)")
     else:
         sft += "; padding_free or packing with strategy='varlen' (this TRL has no packing guard)"
-    untested = "" if lo <= key <= hi else f"; untested on trl {raw} (tested: {_TESTED[0]}-{_TESTED[1]})"
-    sft += untested
+    sft += _untested("SFT", key, raw)
     guarded = "refused by TRL itself (cp_size > 1 is rejected in its config)"
     precompute = {name: select(REGISTRY[f"trl-{name.lower()}-precompute-gather"], versions).variant is not None
                   for name in ("DPO", "KTO")}
@@ -52,7 +57,7 @@ def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
         gathered = ("; precompute_ref_log_probs gathered over data-parallel ranks" if precompute[name] else
                     f"; precompute_ref_log_probs refused (no variant of trl-{name.lower()}-precompute-gather fits "
                     "this TRL)")
-        out[f"{name}Trainer"] = _BACKBONE + gathered + untested
+        out[f"{name}Trainer"] = _BACKBONE + gathered + _untested(name, key, raw)
     refused = "refused by cpshim: generation batches are not sharded yet (train it without cpshim.enable())"
     out["GRPOTrainer"] = guarded if key >= release_key("1.4.0") else refused
     out["RLOOTrainer"] = guarded if key >= release_key("1.4.0") else refused

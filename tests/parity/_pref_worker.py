@@ -38,7 +38,8 @@ def tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
-def rows(trainer: str, n: int, seed: int) -> list[dict]:
+def rows(trainer: str, n: int, seed: int, seq_len: int | None = None) -> list[dict]:
+    """`seq_len` (the benchmark's): every prompt + completion is seq_len tokens with the EOS."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -46,10 +47,14 @@ def rows(trainer: str, n: int, seed: int) -> list[dict]:
     def words(k: int) -> list[str]:
         return [f"t{int(i)}" for i in torch.randint(3, parity.VOCAB, (k,), generator=g)]
 
+    def length(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi, (1,), generator=g))
+
     out = []
     for i in range(n):
-        prompt = words(int(torch.randint(12, 25, (1,), generator=g)))
-        chosen, rejected = prompt, words(int(torch.randint(8, 25, (1,), generator=g)))
+        prompt = words(seq_len // 2 if seq_len else length(12, 25))
+        chosen = prompt[: seq_len - len(prompt) - 1] if seq_len else prompt
+        rejected = words(len(chosen) if seq_len else length(8, 25))
         if trainer == "kto":  # unpaired: a desirable copy or an undesirable random completion
             good = i % 2 == 0
             out.append({"prompt": " ".join(prompt), "completion": " " + " ".join(chosen if good else rejected),
@@ -123,7 +128,8 @@ def _trainer(case: dict, cp: int, out_dir: str, callbacks: list) -> Any:
                                                lora_dropout=0.0)
     cls = {"dpo": trl.DPOTrainer, "kto": trl.KTOTrainer, "reward": trl.RewardTrainer}[kind]
     args = _args(case, cp, out_dir)  # starts torch.distributed on the ring ranks
-    return cls(model=model, args=args, train_dataset=_dataset(rows(kind, 16, 7), out_dir, "train"),
+    n = case["batch"] * case["steps"] if case.get("seq_len") else 16
+    return cls(model=model, args=args, train_dataset=_dataset(rows(kind, n, 7, case.get("seq_len")), out_dir, "train"),
                eval_dataset=_dataset(rows(kind, 4, 99), out_dir, "eval"), processing_class=tokenizer(),
                callbacks=callbacks, **kwargs)
 

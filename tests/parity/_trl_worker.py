@@ -40,6 +40,30 @@ def rows(n: int, seed: int) -> list[dict]:
     return out
 
 
+#: User and assistant turns; only the assistant's (its tokens and the EOS that ends it) are trained on.
+#: (Each generation span starts on a token: transformers < 5.24 maps a span's first character to its token.)
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ ' ' }}{% generation %}{{ m['content'] + "
+                 "' <eos>' }}{% endgeneration %}{% else %}{{ ' ' + m['content'] }}{% endif %}{% endfor %}")
+
+
+def chats(n: int, seed: int) -> list[dict]:
+    """The copy task as conversations: a user turn of random words, an assistant turn that repeats them."""
+    out = []
+    for row in rows(n, seed):
+        words = [f"t{i}" for i in row["input_ids"][: len(row["input_ids"]) // 2]]
+        out.append({"messages": [{"role": "user", "content": " ".join(words)},
+                                 {"role": "assistant", "content": " ".join(words)}]})
+    return out
+
+
+def _chat_tokenizer() -> Any:
+    from tests.parity._pref_worker import tokenizer
+
+    tok = tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def _config(case: dict, cp: int, out_dir: str) -> Any:
     from trl import SFTConfig
 
@@ -52,6 +76,8 @@ def _config(case: dict, cp: int, out_dir: str) -> Any:
     if packing:
         extra.update(packing=True, packing_strategy=packing, eval_packing=case.get("eval_packing", False))
     extra["padding_free"] = case.get("padding_free", packing == "bfd")
+    if case.get("assistant_only"):
+        extra["assistant_only_loss"] = True
     return SFTConfig(
         output_dir=out_dir, per_device_train_batch_size=case["batch"], per_device_eval_batch_size=case["batch"],
         max_steps=case["steps"], learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
@@ -77,8 +103,9 @@ def _trainer(case: dict, cp: int, out_dir: str, callbacks: list) -> Any:
         AttentionInterface.register(parity.REFERENCE_KEY, forward)
         model.config._attn_implementation = parity.REFERENCE_KEY
         model.register_forward_pre_hook(capture, with_kwargs=True)
-    return SFTTrainer(model=model, args=_config(case, cp, out_dir), train_dataset=Dataset.from_list(rows(24, 7)),
-                      eval_dataset=Dataset.from_list(rows(6, 99)), processing_class=_tokenizer(),
+    data, tokenizer = (chats, _chat_tokenizer()) if case.get("assistant_only") else (rows, _tokenizer())
+    return SFTTrainer(model=model, args=_config(case, cp, out_dir), train_dataset=Dataset.from_list(data(24, 7)),
+                      eval_dataset=Dataset.from_list(data(6, 99)), processing_class=tokenizer,
                       callbacks=callbacks)
 
 

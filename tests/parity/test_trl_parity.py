@@ -33,6 +33,8 @@ CASES = [
     {"id": "bfd-b2-eval-packing", "packing": "bfd", "eval_packing": True, "steps": 2, "batch": 2},
     {"id": "wrapped", "packing": "wrapped", "steps": 2, "batch": 2},
     {"id": "padding-free-unpacked", "packing": None, "padding_free": True, "steps": 2, "batch": 2},
+    {"id": "assistant-only-bfd", "packing": "bfd", "assistant_only": True, "steps": 2, "batch": 2},
+    {"id": "assistant-only-padded", "packing": None, "assistant_only": True, "steps": 2, "batch": 2},
     {"id": "negative-one-document-per-row", "packing": "bfd", "steps": 2, "batch": 1, "negative": True},
 ]
 

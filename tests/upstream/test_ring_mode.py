@@ -84,6 +84,13 @@ def test_batch_without_labels_takes_the_backbone_path(trainer, ring, batch):
         trainer.label_smoother = None
 
 
+def test_generation_batch_is_refused(trainer, ring):
+    """TRL's GRPO/RLOO below 1.4 (no guard of their own) hand the hook their raw generation batch, a list of
+    prompt dicts: refused naming the trainer, not an AttributeError."""
+    with pytest.raises(cpshim.CpshimRuntimeError, match="Trainer sent a list batch, not a dict of tensors"):
+        trainer._prepare_context_parallel_inputs(trainer.model, [{"prompt": "t3 t4"}])
+
+
 @pytest.mark.parametrize("key", ["pixel_values", "pixel_values_videos", "input_features"])
 def test_vision_and_audio_batches_are_refused_by_name(trainer, ring, batch, key):
     """Qwen2-VL's processor adds pixel_values (and image_grid_thw): refused before sharding, naming the key,

@@ -62,16 +62,16 @@ def test_reference_logps_precomputed_before_enable_are_refused(upstream, tmp_pat
     """DPO precomputes its reference log-probs when it is built: built before `cpshim.enable()`, they were
     gathered once per process (per CP rank), so the step refuses, naming the fix."""
     import trl
-    from datasets import Dataset
     from transformers import LlamaForCausalLM
 
     from cpshim.ring import parity
-    from tests.parity._pref_worker import rows, tokenizer
+    from tests.parity._pref_worker import _dataset, rows, tokenizer
 
     model = LlamaForCausalLM(parity._config())
-    trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model),
+    trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model),  # an on-disk dataset: TRL caches beside it
                              args=_args(trl.DPOConfig, tmp_path, precompute_ref_log_probs=True),
-                             train_dataset=Dataset.from_list(rows("dpo", 4, 1)), processing_class=tokenizer())
+                             train_dataset=_dataset(rows("dpo", 4, 1), str(tmp_path), "train"),
+                             processing_class=tokenizer())
     cpshim.enable()
     try:
         _refusal(trainer, "DPOTrainer precomputed its reference log-probs outside cpshim's scope")
