@@ -52,3 +52,28 @@ def run_ranks(code: str, world: int, env: dict[str, str] | None = None, timeout:
         return launch(code, world, env=env, timeout=timeout, cwd=str(ROOT))
     except RuntimeError as e:
         raise AssertionError(str(e)) from e
+
+
+def run_parity_pair(worker: str, cases: list[dict], out: str, timeout: int = 900) -> dict:
+    """`worker.main_worker(cases, out, cp)` once in one process and once as two ring ranks; returns
+    {case id: (the one-process result, rank 0's ring result)} from the files the worker saved."""
+    import json
+
+    import torch
+
+    code = f"from {worker} import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)"
+    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+    run_ranks(code.replace("CP", "2"), 2, timeout=timeout)
+    return {c["id"]: tuple(torch.load(os.path.join(out, f"{tag}-{i}.pt"), weights_only=False) for tag in ("ref", "ring"))
+            for i, c in enumerate(cases)}
+
+
+def parity_verdict(ref: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> dict:
+    """`cpshim.ring.parity.compare`, plus the eval loss's relative error (within loss_rtol) when recorded."""
+    from cpshim.ring import parity
+
+    verdict = parity.compare(ref, ring, loss_rtol, grad_rtol)
+    if "eval_loss" in ref:
+        verdict["eval_rel_err"] = abs(ring["eval_loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
+        verdict["ok"] = verdict["ok"] and verdict["eval_rel_err"] <= loss_rtol
+    return verdict

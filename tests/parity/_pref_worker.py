@@ -14,7 +14,8 @@ Rows: a prompt of random tokens; the chosen completion repeats it (its log-probs
 one shard into the other), the rejected one is random. One process runs the reference attention;
 the ring ranks run `cpshim.enable()` (zigzag). Recorded: per-step losses, first-step per-tensor
 gradients (SGD), and the eval loss when asked. The negative control keeps each rank's share of the
-gathered sequence's gradient without summing it over the group: it must fail the same check.
+gathered sequence's gradient without summing it over the group, and gathers TRL's metrics over every
+process (upstream's): it must fail the same check, and count the batch's tokens twice.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import os
 from typing import Any
 
 from cpshim.ring import parity
+
+
+#: What TRL logs per step that the test compares: a count over the batch, and per-sequence means.
+METRICS = ("num_tokens", "logps/chosen", "logps/rejected", "entropy")
 
 
 def tokenizer() -> Any:
@@ -154,7 +159,10 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     import cpshim
     from cpshim.ring import layout
 
+    from cpshim.ring import data_parallel
+
     layout.reduce_gradients = not case.get("negative")
+    data_parallel.disabled = bool(case.get("negative"))  # and TRL's metric gathers over every process
     if cp > 1:
         cpshim.enable(strategy="zigzag")
     recorder = parity._Recorder()
@@ -162,11 +170,13 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     trainer.train()
     rank = dist.get_rank() if dist.is_initialized() else 0
     batch = next(iter(trainer.get_train_dataloader()))
+    metrics = [{k: h[k] for k in METRICS if k in h} for h in trainer.state.log_history if "loss" in h]
     result = {"rank": rank, "losses": parity._losses(trainer), "grads": recorder.grads if rank == 0 else None,
+              "metrics": metrics,
               "first_batch": {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}}
     if case.get("eval"):
         result["eval_loss"] = trainer.evaluate()["eval_loss"]
-    layout.reduce_gradients = True
+    layout.reduce_gradients, data_parallel.disabled = True, False
     return result
 
 

@@ -7,21 +7,20 @@ chosen completion (attention across shards matters): per-step losses and first-s
 gradients against one process's reference attention, within the parity suite's tolerances. DPO:
 sigmoid, IPO and hinge losses, an explicit reference model, the PEFT-adapter reference, and
 precomputed reference log-probs (`trl-dpo-precompute-gather`: upstream's gather over every process
-misassigned them, first loss 3.05 for 0.693). The negative control keeps each rank's share of the
-gathered hidden states' gradient without summing it over the group: it must fail the same check.
+misassigned them, first loss 3.05 for 0.693). TRL's logged metrics (token count, log-prob means,
+entropy) match too. The negative control keeps each rank's share of the gathered hidden states' gradient
+without summing it over the group and gathers the metrics over every process: it must fail the same
+check, and count the tokens twice.
 The worker is tests/parity/_pref_worker.py; one launch runs every case.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 
 import pytest
 
-from cpshim.ring import parity
-from tests.helpers import run_python, run_ranks
+from tests.helpers import parity_verdict, run_parity_pair
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
 if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn",
@@ -43,22 +42,11 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import torch
-
-    out = str(tmp_path_factory.mktemp("prefparity"))
-    code = f"from tests.parity._pref_worker import main_worker; main_worker({json.dumps(CASES)!r}, {out!r}, CP)"
-    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
-    run_ranks(code.replace("CP", "2"), 2, timeout=900)
-    return {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt"), weights_only=False),
-                      torch.load(os.path.join(out, f"ring-{i}.pt"), weights_only=False)) for i, c in enumerate(CASES)}
+    return run_parity_pair("tests.parity._pref_worker", CASES, str(tmp_path_factory.mktemp("prefparity")))
 
 
 def _check(ref: dict, ring: dict) -> dict:
-    verdict = parity.compare(ref, ring, LOSS_RTOL, GRAD_RTOL)
-    if "eval_loss" in ref:
-        verdict["eval_rel_err"] = abs(ring["eval_loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
-        verdict["ok"] = verdict["ok"] and verdict["eval_rel_err"] <= LOSS_RTOL
-    return verdict
+    return parity_verdict(ref, ring, LOSS_RTOL, GRAD_RTOL)
 
 
 @pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
@@ -71,7 +59,21 @@ def test_preference_trainer_equals_one_process(results, case):
     assert verdict["ok"], verdict
 
 
+@pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
+def test_logged_metrics_equal_one_process(results, case):
+    """TRL's own metrics, gathered in the replicated scope over data-parallel ranks: the token count exactly at
+    every step, the per-sequence log-prob means and the entropy at step 1 (same weights) within the loss's
+    tolerance."""
+    ref, ring = (r["metrics"] for r in results[case])
+    assert [m.get("num_tokens") for m in ring] == [m.get("num_tokens") for m in ref], (ref, ring)
+    for key in ("logps/chosen", "logps/rejected", "entropy"):
+        if key in ref[0]:
+            assert abs(ring[0][key] - ref[0][key]) <= LOSS_RTOL * abs(ref[0][key]), (key, ref[0], ring[0])
+
+
 def test_negative_control_fails_the_same_check(results):
     verdict = _check(*results["negative-no-gradient-sum"])
     print("negative control:", verdict)
     assert not verdict["ok"] and verdict["grad_rel_err_max"] > 10 * GRAD_RTOL, verdict
+    ref, ring = (r["metrics"] for r in results["negative-no-gradient-sum"])
+    assert ring[0]["num_tokens"] == 2 * ref[0]["num_tokens"], (ref, ring)  # each CP rank's copy counted

@@ -18,8 +18,7 @@ import os
 import pytest
 
 import cpshim
-from cpshim.ring import parity
-from tests.helpers import run_python, run_ranks
+from tests.helpers import parity_verdict, run_parity_pair
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
 if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn",
@@ -41,24 +40,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import torch
-
     out = str(tmp_path_factory.mktemp("trlparity"))
-    code = f"from tests.parity._trl_worker import main_worker; main_worker({json.dumps(CASES)!r}, {out!r}, CP)"
-    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
-    run_ranks(code.replace("CP", "2"), 2, timeout=900)
-    got = {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt"), weights_only=False),
-                     torch.load(os.path.join(out, f"ring-{i}.pt"), weights_only=False)) for i, c in enumerate(CASES)}
+    got = run_parity_pair("tests.parity._trl_worker", CASES, out)
     with open(os.path.join(out, "guard.json")) as fh:
         return got, json.load(fh)
 
 
 def _check(ref: dict, ring: dict) -> dict:
-    verdict = parity.compare(ref, ring, LOSS_RTOL, GRAD_RTOL)
-    eval_err = abs(ring["eval_loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
-    verdict["eval_rel_err"] = eval_err
-    verdict["ok"] = verdict["ok"] and eval_err <= LOSS_RTOL
-    return verdict
+    return parity_verdict(ref, ring, LOSS_RTOL, GRAD_RTOL)
 
 
 @pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
