@@ -24,7 +24,7 @@ _BACKBONE = ("exact (label-less: the backbone runs sharded, its hidden states ar
 _TESTED = {"SFT": ("1.11.0", "1.16.0"), "DPO": ("1.5.1", "1.16.0"), "KTO": ("1.5.1", "1.16.0")}
 
 
-def _untested(name: str, key: Any, raw: str) -> str:
+def _untested(name: str, key: Any, raw: Any) -> str:
     lo, hi = _TESTED[name]
     return "" if release_key(lo) <= key <= release_key(hi) else f"; untested on trl {raw} (tested: {lo}-{hi})"
 
