@@ -136,6 +136,11 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         from tests.parity import _pref_worker
 
         result = _pref_worker.run_case({**case, "trainer": "dpo"}, cp, case["output_dir"])
+    elif trainer == "grpo":  # TRL's GRPOTrainer: 2 prompts of seq_len/2 tokens (a group per rank), 2 completions
+        from tests.parity import _rl_worker
+
+        result = _rl_worker.run_case({**case, "trainer": "grpo", "batch": 4, "generations": 2}, cp,
+                                     case["output_dir"])
     else:
         result = parity.run_case(case, cp)
     rec["run_case_s"] = time.perf_counter() - t0

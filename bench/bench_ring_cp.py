@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/bench_ring_cp.py [--seq-len 16384] [--steps 2]
     PYTHONPATH=. python bench/bench_ring_cp.py --seq-len 4096,16384     # several lengths, one table each
     PYTHONPATH=. python bench/bench_ring_cp.py --trainer dpo             # TRL's DPOTrainer (issue 11's target)
+    PYTHONPATH=. python bench/bench_ring_cp.py --trainer grpo            # TRL's GRPOTrainer (issue 11's target)
     diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out)
 
 The run is cpshim's parity run (`cpshim.ring.parity.run_case`: the tiny Llama of the parity tests,
@@ -17,6 +18,10 @@ bench/_ring_cp_worker.py says exactly what is measured. Targets:
 With `--trainer dpo` the run is TRL's DPOTrainer (tests/parity/_pref_worker.py: one chosen/rejected pair of
 `--seq-len` tokens each, TRL's defaults, gradient checkpointing on), the label-less backbone path: the
 memory target is the same; the hook target does not apply (the sharding runs at each backbone call).
+With `--trainer grpo`, TRL's GRPOTrainer (tests/parity/_rl_worker.py: two prompts of `--seq-len`/2 tokens, two
+fixed completions each about as long, so each training row is ~`--seq-len` tokens; each CP rank generates
+one prompt group):
+the same memory target. GRPO's generation time: bench/bench_grpo_generation.py.
 A MISS is reported, not failed: the exit status is 0 unless a run crashed.
 """
 
@@ -117,7 +122,7 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
     ratio = max(_extra(r) for r in ring) / _extra(single)
     share_all = max(sum(_hook_s(s) for s in r["steps"]) / sum(s["step_s"] for s in r["steps"]) for r in ring)
     share_worst = max(_hook_s(s) / s["step_s"] for r in ring for s in r["steps"])
-    loss_err = max(abs(a - b) / abs(a) for r in ring for a, b in zip(single["losses"], r["losses"]))
+    loss_err = max(abs(a - b) / max(abs(a), 1e-6) for r in ring for a, b in zip(single["losses"], r["losses"]))
     hwm = all(r.get("hwm_reset") for _, r in cols)
     print(f"  peak source: {'VmHWM reset at on_train_begin' if hwm else 'ru_maxrss (clear_refs unavailable)'}; "
           "post-import = VmRSS at on_train_begin (model + Trainer built, before step 1)")
@@ -128,7 +133,7 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
           f"{'OK' if mem_ok else 'MISS'}")
     print(f"  hook:   {100 * share_all:.3f} % of step time (worst rank, all {steps} steps summed; worst single step "
           f"{100 * share_worst:.3f} %), target <= {100 * HOOK_TARGET:g} %: "
-          f"{'n/a (dpo)' if hook_ok is None else 'OK' if hook_ok else 'MISS'}")
+          f"{'n/a (' + OPTS['trainer'] + ')' if hook_ok is None else 'OK' if hook_ok else 'MISS'}")
     print(f"  (sanity) loss rel. diff cp=2 vs 1 process: {loss_err:.2e}")
     return {"seq": seq, "mem_ratio": ratio, "hook_share": share_all, "hook_share_worst_step": share_worst,
             "mem_ok": mem_ok, "hook_ok": hook_ok, "loss_rel_diff": loss_err}
@@ -139,8 +144,9 @@ def main() -> int:
     ap.add_argument("--seq-len", default="16384", help="sequence length(s), comma-separated (default 16384)")
     ap.add_argument("--steps", type=int, default=2, help="SGD steps per run (default 2)")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per launch")
-    ap.add_argument("--trainer", choices=("sft", "dpo"), default="sft",
-                    help="sft: HF Trainer, the parity run (default); dpo: TRL's DPOTrainer, the backbone path")
+    ap.add_argument("--trainer", choices=("sft", "dpo", "grpo"), default="sft",
+                    help="sft: HF Trainer, the parity run (default); dpo: TRL's DPOTrainer, the backbone path; "
+                         "grpo: TRL's GRPOTrainer (a generation batch, the backbone path)")
     ap.add_argument("--hidden", type=int, help="diagnostic: parity's tiny Llama with this hidden size "
                     "(intermediate 2x; default: parity's own config)")
     ap.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
@@ -157,7 +163,8 @@ def main() -> int:
           f"hidden {hidden}, intermediate {2 * hidden if a.hidden else cfg.intermediate_size}, "
           f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads, "
           f"vocab {cfg.vocab_size}), "
-          + ("HF Trainer, copy task" if a.trainer == "sft" else "TRL DPOTrainer, chosen = a copy of the prompt")
+          + {"sft": "HF Trainer, copy task", "dpo": "TRL DPOTrainer, chosen = a copy of the prompt",
+             "grpo": "TRL GRPOTrainer, fixed completions copying the prompt"}[a.trainer]
           + ", zigzag, reference provider, bf16 attention compute, "
           "optim SGD, OMP_NUM_THREADS=1 per process"
           + (f", MALLOC_MMAP_THRESHOLD_={a.malloc_mmap_threshold}" if a.malloc_mmap_threshold is not None else ""))

@@ -59,13 +59,18 @@ def run_parity_pair(worker: str, cases: list[dict], out: str, timeout: int = 900
     {case id: (the one-process result, rank 0's ring result)} from the files the worker saved."""
     import json
 
-    import torch
-
     code = f"from {worker} import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)"
     run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
     run_ranks(code.replace("CP", "2"), 2, timeout=timeout)
-    return {c["id"]: tuple(torch.load(os.path.join(out, f"{tag}-{i}.pt"), weights_only=False) for tag in ("ref", "ring"))
-            for i, c in enumerate(cases)}
+    return parity_results(out, cases)
+
+
+def parity_results(out: str, cases: list[dict]) -> dict:
+    """{case id: (the reference result, rank 0's ring result)}, from the files a parity worker saved in `out`."""
+    import torch
+
+    return {c["id"]: tuple(torch.load(os.path.join(out, f"{tag}-{i}.pt"), weights_only=False)
+                           for tag in ("ref", "ring")) for i, c in enumerate(cases)}
 
 
 def parity_verdict(ref: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> dict:

@@ -39,8 +39,12 @@ def test_selection_and_verdicts_follow_the_guards_in_the_wheels(release):
     for name, floor in (("DPOTrainer", "0.29.0"), ("KTOTrainer", "1.8.0")):  # `_precompute_ref_logps` in the wheels
         assert got[name].startswith("exact (label-less")
         assert ("gathered over data-parallel ranks" in got[name]) == (Version(floor) <= v < Version("2")), got[name]
-        assert ("untested" in got[name]) == (not Version("1.5.1") <= v <= Version("1.16.0"))
-    assert got["GRPOTrainer"].startswith("refused by TRL itself") == (v >= Version("1.4.0"))
+        if Version("1.4.0") <= v < Version("2"):
+            assert ("untested" in got[name]) == (not Version("1.5.1") <= v <= Version("1.16.0"))
+    for name in ("GRPOTrainer", "RLOOTrainer"):  # the cp guard of their configs, `_generate`: from 1.4.0
+        assert got[name].startswith("exact (generation batch") == (Version("1.4.0") <= v < Version("2")), got[name]
+        if Version("1.4.0") <= v < Version("2"):
+            assert ("untested" in got[name]) == (not Version("1.5.1") <= v <= Version("1.16.0"))
     assert ("DistillationTrainer" in got) == (v >= Version("1.10.0"))
     assert ("TRL's packing guard relaxed" in got["SFTTrainer"]) == (Version("1.11.0") <= v < Version("2"))
     assert ("untested" in got["SFTTrainer"]) == (not Version("1.11.0") <= v <= Version("1.16.0"))

@@ -282,9 +282,51 @@ TRAINER_FLOS = Patch(
            "transformers.trainer_pt_utils:distributed_broadcast_scalars"),
 )
 
+def _dp_view(pid: str, target: str, impl: str, what: str, watch: tuple[str, ...]) -> Patch:
+    return Patch(
+        id=pid, target=target, dist="accelerate", floor="1.10.0",
+        summary=f"ring mode, label-less and generating steps: {what} over data-parallel "
+                "ranks, not CP ranks",
+        variants=(Variant("dp-view", _ACC, _ACC_CEILING, f"cpshim.patches.accelerate_dp_view:{impl}",
+                          info={"keeps": "upstream's collective outside replicated scopes and in sharded steps "
+                                         "whose values are per-shard partials",
+                                "turns_off": f"{what} counting the CP peers that hold the same values"}),),
+        watch=watch,
+    )
+
+
+_OPS = "accelerate.utils.operations"
+DP_VIEW = (
+    _dp_view("accelerate-gather-dp", f"{_OPS}:_gpu_gather", "gpu_gather", "gather (Accelerator.gather and "
+             "accelerate.utils.gather)", (f"{_OPS}:_gpu_gather", f"{_OPS}:gather", "accelerate.accelerator:"
+                                          "Accelerator.gather")),
+    _dp_view("accelerate-gather-object-dp", f"{_OPS}:_gpu_gather_object", "gpu_gather_object", "gather_object",
+             (f"{_OPS}:_gpu_gather_object", f"{_OPS}:gather_object")),
+    _dp_view("accelerate-reduce-dp", "accelerate.accelerator:Accelerator.reduce", "reduce", "Accelerator.reduce",
+             ("accelerate.accelerator:Accelerator.reduce", f"{_OPS}:reduce")),
+    _dp_view("accelerate-num-processes-dp", "accelerate.accelerator:Accelerator.num_processes", "num_processes",
+             "Accelerator.num_processes", ("accelerate.accelerator:Accelerator.num_processes",)),
+    _dp_view("accelerate-process-index-dp", "accelerate.accelerator:Accelerator.process_index", "process_index",
+             "Accelerator.process_index", ("accelerate.accelerator:Accelerator.process_index",)),
+)
+
+ARGS_WORLD_SIZE = Patch(
+    id="trainer-args-world-size",
+    target="transformers.training_args:TrainingArguments.world_size",
+    dist="transformers",
+    floor="4.56.0",
+    follows_mode=False,
+    summary="the data-parallel size to a relaxed TRL guard's own world_size read (GRPO/RLOO generation batch)",
+    variants=(Variant("dp-for-relaxed-trl-guard", {"transformers": ">=4.56,<6"},
+                      {"transformers": TRANSFORMERS_CEILING}, "cpshim.patches.trl_rl:world_size",
+                      info={"keeps": "upstream's value for every read outside a relaxed guard's frame",
+                            "turns_off": "CP ranks counted as data-parallel by GRPOConfig/RLOOConfig.__post_init__"}),),
+    watch=("transformers.training_args:TrainingArguments.world_size",),
+)
+
 REGISTRY = Registry((TRAINER_CP_INPUTS, ACCELERATE_PREPARE_CP, PARALLELISM_VALIDATE, PARALLELISM_MESH,
                      STATE_CP_FSDP, STATE_IS_FSDP2, ATTENTION_DISPATCH, TRAINER_TOTAL_BATCH,
                      TRAINER_NUM_ITEMS, TRAINER_EVAL_NUM_ITEMS, EVAL_GATHER, TRAINER_EVAL_LOOP, EVAL_SPEED,
-                     TRAINER_TOKENS_SEEN, TRAINER_FLOS, *TRL_PATCHES, *TORCH_USES))
+                     TRAINER_TOKENS_SEEN, TRAINER_FLOS, *DP_VIEW, ARGS_WORLD_SIZE, *TRL_PATCHES, *TORCH_USES))
 
 __all__ = ["ACCELERATE_CEILING", "REGISTRY", "TRANSFORMERS_CEILING", "TRL_CEILING"]

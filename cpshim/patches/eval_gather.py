@@ -18,26 +18,15 @@ from ..modes import RING, cp_owned
 from .views import AttributeView
 
 
-def _eval_loop_groups(call: Any, accelerator: Any) -> Any:
-    """The groups, when this gather is of CP-replicated values: in a replicated scope (the ring eval loop, a
-    label-less step, TRL's precompute), outside a sharded step whose values are per-shard partials."""
-    from ..ring import data_parallel, runtime
-
-    step = runtime.current_step()
-    if runtime.replicated_scope() is None or (step is not None and not step.replicated):
-        return None
-    return data_parallel.owned_groups(call.mode, accelerator)
-
-
 def gather_for_metrics(call: Any, accelerator: Any, input_data: Any, use_gather_object: bool = False) -> Any:
     """`Accelerator.gather_for_metrics` (1.10-1.15). Keeps: upstream's function, its tensor/object choice
     and last-batch truncation. Turns off: gathering the cp copies of each value (ring eval loop only)."""
-    g = _eval_loop_groups(call, accelerator)
+    from ..ring import data_parallel, runtime
+
+    g = data_parallel.replicated_groups(call.mode, accelerator)
     if g is None:
         return call.original(input_data, use_gather_object)
     from accelerate.utils import recursively_apply
-
-    from ..ring import data_parallel, runtime
 
     try:
         recursively_apply(lambda x: x, input_data, error_on_other_type=True)
@@ -69,7 +58,11 @@ def evaluation_loop(call: Any, trainer: Any, dataloader: Any, description: str, 
     pc = getattr(trainer.accelerator, "parallelism_config", None)
     if call.mode != RING or not cp_owned(pc):
         return call.original(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-    with runtime.replicated(trainer):
+    # a labelled eval step counts its targets with transformers' CP-aware gathers: only gather_for_metrics is over
+    # DP ranks; GRPO's and RLOO's eval steps generate and score whole on each rank: every collective is
+    from .trl_rl import generating_trainer
+
+    with runtime.replicated(trainer, collectives=generating_trainer(trainer) is not None):
         output = call.original(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
     g = data_parallel.groups(trainer.accelerator)
     if g is not None and output.num_samples and not data_parallel.disabled:

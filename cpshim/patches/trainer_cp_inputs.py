@@ -34,7 +34,7 @@ def _ring(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]
     from ..ring import trainer_hook
 
     trainer_hook.check_tensor_batch(trainer, inputs)
-    if inputs.get("labels") is None and inputs.get("shift_labels") is None:
+    if not isinstance(inputs, dict) or (inputs.get("labels") is None and inputs.get("shift_labels") is None):
         # a label-less batch goes on as the trainer built it: its backbone calls are sharded one by one (KTO's KL
         # call is longer than the position_ids upstream would build; TRL < 1.8's KTO batch has no input_ids)
         return trainer_hook.prepare(call, trainer, model, inputs)

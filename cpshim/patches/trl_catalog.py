@@ -1,7 +1,8 @@
 """TRL's entries in the registry (TRL is a distribution cpshim patches, like transformers and accelerate).
 
 Ranges come from the TRL wheels (`python compat_matrix/generate.py` reads every release; the packing
-guard of `SFTTrainer.__init__` appeared in 1.11.0). Implementations: :mod:`cpshim.patches.trl_sft`.
+guard of `SFTTrainer.__init__` appeared in 1.11.0, the cp guards of GRPOConfig/RLOOConfig in 1.4.0).
+Implementations: :mod:`cpshim.patches.trl_sft`, :mod:`cpshim.patches.trl_preference`, :mod:`cpshim.patches.trl_rl`.
 """
 
 from __future__ import annotations
@@ -60,5 +61,42 @@ def _precompute(trainer: str, module: str, floor: str) -> Patch:
     )
 
 
+def _rl(trainer: str) -> tuple[Patch, Patch]:
+    low = trainer.lower()
+    guard = Patch(
+        id=f"trl-{low}-cp-guard",
+        target=f"trl.trainer.{low}_config:{trainer}Config.__post_init__",
+        dist="trl",
+        floor="1.4.0",
+        needed_from="1.4.0",
+        summary=f"ring mode: {trainer}Config's cp_size > 1 refusal (right for transformers' own CP) relaxed; its "
+                "generation batch sized by data-parallel ranks",
+        variants=(Variant("relax-in-ring-mode", {"trl": ">=1.4,<2"}, {"trl": TRL_CEILING},
+                          "cpshim.patches.trl_rl:config_guard",
+                          info={"keeps": "every other check of __post_init__, and the guard outside ring mode",
+                                "turns_off": "the cp_size > 1 refusal, and world_size counting CP ranks in "
+                                             "generation_batch_size"}),),
+        watch=(f"trl.trainer.{low}_config:{trainer}Config.__post_init__@cp_enabled",
+               f"trl.trainer.{low}_config:{trainer}Config.__post_init__@world_size"),
+    )
+    split = Patch(
+        id=f"trl-{low}-generate-split",
+        target=f"trl.trainer.{low}_trainer:{trainer}Trainer._generate",
+        dist="trl",
+        floor="1.4.0",
+        summary=f"ring mode: {trainer}Trainer's generation split over the CP group (each rank its share, "
+                "completions exchanged)",
+        variants=(Variant("split-over-cp", {"trl": ">=1.4,<2"}, {"trl": TRL_CEILING},
+                          "cpshim.patches.trl_rl:generate_split",
+                          info={"keeps": "the whole method, run on this rank's share of the prompts",
+                                "turns_off": "every rank of a CP group generating its group's whole batch"}),),
+        watch=(f"trl.trainer.{low}_trainer:{trainer}Trainer._generate",
+               f"trl.trainer.{low}_trainer:{trainer}Trainer._generate_and_score_completions@_generate",
+               f"trl.trainer.{low}_trainer:{trainer}Trainer._generate_and_score_completions@process_index",
+               f"trl.trainer.{low}_trainer:{trainer}Trainer._prepare_inputs"),
+    )
+    return guard, split
+
+
 TRL_PATCHES = (TRL_SFT_PACKING_GUARD, ACCELERATE_CP_ENABLED, _precompute("DPO", "dpo_trainer", "0.29.0"),
-               _precompute("KTO", "kto_trainer", "1.8.0"))
+               _precompute("KTO", "kto_trainer", "1.8.0"), *_rl("GRPO"), *_rl("RLOO"))

@@ -12,14 +12,12 @@ no other read, while the scope is open. With another strategy the guard runs; it
 
 from __future__ import annotations
 
-import sys
-import threading
 from typing import Any
 
 from .. import modes
 from ..errors import ConfigurationError
+from .relaxed_frames import answer, relaxed
 
-_scope = threading.local()  # .code: the code object of the SFTTrainer.__init__ running relaxed
 GUARD_MESSAGE = "Packing is not compatible with context parallelism"
 
 
@@ -31,12 +29,8 @@ def packing_guard(call: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
 
     strategy = runtime.settings["strategy"]
     if strategy == "varlen":
-        previous = getattr(_scope, "code", None)
-        _scope.code = call.original.__func__.__code__
-        try:
+        with relaxed(call.original, cp_enabled=False):
             return call.original(*args, **kwargs)
-        finally:
-            _scope.code = previous
     try:
         return call.original(*args, **kwargs)
     except ValueError as e:
@@ -48,18 +42,8 @@ def packing_guard(call: Any, this: Any, *args: Any, **kwargs: Any) -> Any:
             "Use cpshim.enable(strategy='varlen')") from e
 
 
-def _caller_code() -> Any:
-    frame: Any = sys._getframe(1)
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("cpshim."):
-        frame = frame.f_back
-    return frame.f_code if frame is not None else None
-
-
 def cp_enabled(call: Any, this: Any) -> Any:
     """Impl of `accelerate-cp-enabled` (`ParallelismConfig.cp_enabled`): upstream's value, except False to
-    the relaxed SFTTrainer.__init__'s own reads (the guard), in the thread that runs it."""
-    value = call.original()
-    code = getattr(_scope, "code", None)
-    if value and code is not None and _caller_code() is code:
-        return False
-    return value
+    a relaxed guard's own reads (SFTTrainer.__init__, GRPOConfig/RLOOConfig.__post_init__), in the thread that
+    runs it."""
+    return answer("cp_enabled", call.original())

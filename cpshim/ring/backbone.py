@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Iterator
 
 from . import layout, runtime, sharding, tripwires
-from .trainer_hook import _check_mask, _fail, _unwrap, check_documents
+from .trainer_hook import _check_mask, _fail, _unwrap, check_documents, check_text_only
 
 _signatures: dict[type, inspect.Signature] = {}
 
@@ -96,12 +96,13 @@ class _Calls:
     def enter(self, module: Any, args: tuple, kwargs: dict) -> Any:
         import torch
 
-        if any(entry is not None for entry in self.stack):
-            self.stack.append(None)  # a backbone called inside one already sharded
+        if runtime.is_generating() or any(entry is not None for entry in self.stack):
+            self.stack.append(None)  # generation (unsharded), or a backbone called inside one already sharded
             return None
         settings = runtime.settings
         strategy = settings["strategy"]
         kw = _kwargs(module, args, kwargs)
+        check_text_only(kw)
         ref = kw.get("input_ids") if kw.get("input_ids") is not None else kw.get("inputs_embeds")
         if ref is None:
             raise _fail(f"{type(module).__name__} was called without input_ids or inputs_embeds")
@@ -113,9 +114,14 @@ class _Calls:
         if mask is not None and mask.dim() != 2:
             raise _fail(f"a {mask.dim()}-D attention_mask reached {type(module).__name__}: pass a 2-D padding "
                         "mask (or none); the ring is causal over the whole row")
-        _check_mask(mask)
         if kw.get("position_ids") is None:  # what one process uses: 0..L-1 per row
             kw["position_ids"] = sharding.build_position_ids(batch, length, ref.device)
+        lead = layout.left_padding(mask)
+        if lead is not None:  # GRPO's left-padded prompts: each row rolled to right padding (see layout.roll)
+            for k in layout.seq_keys(kw, batch, length):
+                kw[k] = layout.roll(kw[k], lead)
+            mask = kw["attention_mask"]
+        _check_mask(mask)
         check_documents(kw, strategy)
         if length < sharding.multiple_for(strategy, self.cp):
             raise _fail(f"sequence length {length} is shorter than {sharding.multiple_for(strategy, self.cp)} "
@@ -134,7 +140,7 @@ class _Calls:
             raise _fail("two backbone calls under grad with different sequence layouts in one step, with gradient "
                         "checkpointing on: its recompute in backward could not tell their shards apart. Turn "
                         "gradient checkpointing off, or pad both calls to one length")
-        self.stack.append((step, lay, runtime.current_step(), grad, batch, length))
+        self.stack.append((step, lay, runtime.current_step(), grad, batch, length, lead))
         runtime.set_step(step)
         return (), kw
 
@@ -142,13 +148,13 @@ class _Calls:
         entry = self.stack.pop()
         if entry is None:
             return None
-        step, lay, before, grad, batch, length = entry
+        step, lay, before, grad, batch, length, lead = entry
         tripwires.check_all_ran(step)
         if grad:
             self.kept = (step, lay)
         else:
             runtime.set_step(before)
-        return _gathered(output, step, batch, length, type(module).__name__)
+        return _gathered(output, step, batch, length, lead, type(module).__name__)
 
 
 def _same_shards(a: Any, b: Any) -> bool:
@@ -158,8 +164,9 @@ def _same_shards(a: Any, b: Any) -> bool:
         ((a.cu is None and b.cu is None) or (a.cu is not None and b.cu is not None and torch.equal(a.cu, b.cu)))
 
 
-def _gathered(output: Any, step: Any, batch: int, length: int, name: str) -> Any:
-    """The backbone's output with every per-position tensor made whole (hidden states, each layer's too)."""
+def _gathered(output: Any, step: Any, batch: int, length: int, lead: Any, name: str) -> Any:
+    """The backbone's output with every per-position tensor made whole (hidden states, each layer's too) and
+    rolled back to the rows' own padding."""
     local = (1 if step.varlen is not None else batch, step.local_len)
 
     def whole(key: Any, value: Any) -> Any:
@@ -168,7 +175,8 @@ def _gathered(output: Any, step: Any, batch: int, length: int, name: str) -> Any
         if isinstance(value, (tuple, list)):
             return type(value)(whole(key, v) for v in value)
         if hasattr(value, "dim") and value.dim() >= 2 and tuple(value.shape[:2]) == local:
-            return layout.gather(value, step, batch, length)
+            whole_rows = layout.gather(value, step, batch, length)
+            return whole_rows if lead is None else layout.roll(whole_rows, -lead)
         raise _fail(f"{name} returned {key} ({type(value).__name__}{tuple(getattr(value, 'shape', ()))}), which "
                     "does not run along the sequence in a form cpshim can gather (MoE router logits?): train "
                     "without output_router_logits, or without cpshim.enable()")

@@ -20,8 +20,9 @@ disabled = False  # the parity suite's negative control: upstream's gathers and 
 class Groups:
     """The process groups of this rank: data-parallel peers (`dp`) and CP peers (`cp`); None for size 1."""
 
-    def __init__(self, dp: Any, dp_size: int, cp: Any, cp_rank: int, cp_size: int) -> None:
-        self.dp, self.dp_size, self.cp, self.cp_rank, self.cp_size = dp, dp_size, cp, cp_rank, cp_size
+    def __init__(self, dp: Any, dp_size: int, dp_rank: int, cp: Any, cp_rank: int, cp_size: int) -> None:
+        self.dp, self.dp_size, self.dp_rank = dp, dp_size, dp_rank
+        self.cp, self.cp_rank, self.cp_size = cp, cp_rank, cp_size
 
 
 def owned_groups(mode: str, accelerator: Any) -> Groups | None:
@@ -43,7 +44,22 @@ def groups(accelerator: Any) -> Groups | None:
         return None
     cp, dp = mesh["cp"], _submesh(mesh, "dp")
     return Groups(dp.get_group() if dp is not None else None, dp.size() if dp is not None else 1,
-                  cp.get_group(), cp.get_local_rank(), cp.size())
+                  dp.get_local_rank() if dp is not None else 0, cp.get_group(), cp.get_local_rank(), cp.size())
+
+
+def replicated_groups(mode: str, accelerator: Any = None, collectives: bool = False) -> Groups | None:
+    """The groups, when a collective is over CP-replicated values: in a replicated scope (the ring eval loop, a
+    label-less or generating step, TRL's precompute; `collectives`: one whose every collective is, see
+    `runtime.replicated_collectives`), outside a sharded step whose values are per-shard partials.
+    `accelerator`: the caller's, else the scope's trainer's."""
+    from . import runtime
+
+    trainer = runtime.replicated_scope()
+    step = runtime.current_step()
+    if trainer is None or (step is not None and not step.replicated) or (
+            collectives and not runtime.replicated_collectives()):
+        return None
+    return owned_groups(mode, accelerator if accelerator is not None else trainer.accelerator)
 
 
 def _submesh(mesh: Any, name: str) -> Any:
@@ -83,6 +99,15 @@ def gather_object(obj: Any, g: Groups) -> Any:
     parts: list = [None] * g.dp_size
     dist.all_gather_object(parts, obj, group=g.dp)
     return [x for part in parts for x in part]
+
+
+def all_gather_object_cp(obj: Any, g: Groups) -> list:
+    """Every CP rank's `obj`, in rank order."""
+    import torch.distributed as dist
+
+    parts: list = [None] * g.cp_size
+    dist.all_gather_object(parts, obj, group=g.cp)
+    return parts
 
 
 def _digest(data: Any) -> Any:

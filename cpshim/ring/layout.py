@@ -69,6 +69,28 @@ def shard_keys(inputs: dict, keys: list[str], strategy: str, cp: int, rank: int,
                   strategy=strategy, cp=cp, rank=rank, cu=cu)
 
 
+def left_padding(mask: Any) -> Any:
+    """Per row, the padding before its first real token (a 2-D mask), or None when no row has any."""
+    if mask is None or mask.dim() != 2:
+        return None
+    lead = (mask.to(torch.int64).cumsum(1) == 0).sum(1)
+    return lead if bool(lead.any()) else None
+
+
+def roll(tensor: Any, shift: Any) -> Any:
+    """Each row's positions rotated left by `shift[row]` (right by a negative shift), differentiably.
+
+    The ring ignores the padding mask: it is causal over the whole row, so left padding (GRPO's prompts) would
+    be attended by the real tokens that one process masks it from. Rolled left by its leading padding, a
+    [pad, prompt, completion, pad] row becomes [prompt, completion, pad, pad]: every real token sees exactly
+    the real tokens before it, under its own position id (position_ids roll with the tokens), as in one process.
+    The backbone's outputs roll back before anything reads them."""
+    batch, length = tensor.shape[:2]
+    index = (torch.arange(length, device=tensor.device)[None, :] + shift.to(tensor.device)[:, None]) % length
+    index = index.reshape(batch, length, *([1] * (tensor.dim() - 2))).expand_as(tensor)
+    return torch.gather(tensor, 1, index)
+
+
 #: The parity suite's negative control: the gradient of a gathered sequence is not summed over the group.
 reduce_gradients = True
 

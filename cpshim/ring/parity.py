@@ -48,26 +48,41 @@ def dataset(case: dict) -> list[dict]:
     return rows
 
 
-def _reference_attention():
+def _reference_attention(ring_dtype: str = "bfloat16"):
     """Single-process attention through the same provider, in the ring's compute dtype."""
     import torch
 
+    compute = getattr(torch, ring_dtype)
+
     from .providers import select_provider
     from .providers.autograd import attention, attention_varlen
-    from .sharding import cu_seqlens_from_position_ids
 
     provider = select_provider("cpu")
     state: dict[str, Any] = {}
 
     def capture(module, args, kwargs):
         state["position_ids"] = kwargs.get("position_ids")
+        mask = kwargs.get("attention_mask")
+        state["lead"] = (mask.to(torch.int64).cumsum(1) == 0).sum(1) if mask is not None and mask.dim() == 2 \
+            else None
 
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         dtype = query.dtype
-        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (query, key, value))
-        pos = state.get("position_ids")
-        if pos is not None and bool((pos[:, 1:] == 0).any()):
-            cu = cu_seqlens_from_position_ids(pos)
+        q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))
+        pos, lead = state.get("position_ids"), state.get("lead")
+        left_padded = lead is not None and bool(lead.any()) and q.shape[1] == k.shape[1]
+        if left_padded or (pos is not None and bool((pos[:, 1:] == 0).any())):
+            # documents: packed rows (position_ids restart), and each row's left padding apart from its tokens
+            # (what a padding mask does for the real tokens: the ring's left-padding roll must match this)
+            starts = torch.zeros(q.shape[:2], dtype=torch.bool)
+            starts[:, 0] = True
+            if pos is not None:
+                starts |= pos.reshape(q.shape[:2]) == 0
+            if left_padded:
+                rows = torch.nonzero(lead < q.shape[1], as_tuple=True)[0]
+                starts[rows, lead[rows]] = True
+            cu = torch.cat([torch.nonzero(starts.reshape(-1), as_tuple=True)[0],
+                            torch.tensor([starts.numel()])]).to(torch.int32)
             b, s = q.shape[:2]
             max_len = int((cu[1:] - cu[:-1]).max())
             out = attention_varlen(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),

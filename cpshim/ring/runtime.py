@@ -106,17 +106,45 @@ def set_step(step: Any) -> None:
 def replicated_scope() -> Any:
     """The Trainer whose gathers in this thread gather values that are the same on every rank of a CP group
     (its eval loop, a label-less step, TRL's reference log-prob precompute), or None."""
-    return getattr(_local, "replicated", None)
+    scope = getattr(_local, "replicated", None)
+    return scope[0] if scope is not None else None
+
+
+def replicated_collectives() -> bool:
+    """Whether every accelerate collective in the scope sees the CP group as one data-parallel rank (a label-less
+    or generating step, the precompute), not only `gather_for_metrics` (the eval loop: its labelled steps count
+    their targets with upstream's CP-aware gathers)."""
+    scope = getattr(_local, "replicated", None)
+    return scope is not None and scope[1]
 
 
 @contextlib.contextmanager
-def replicated(trainer: Any) -> Iterator[None]:
-    previous = replicated_scope()
-    _local.replicated = trainer
+def replicated(trainer: Any, collectives: bool = True) -> Iterator[None]:
+    previous = getattr(_local, "replicated", None)
+    _local.replicated = (trainer, collectives)
     try:
         yield
     finally:
         _local.replicated = previous
+
+
+@contextlib.contextmanager
+def generating() -> Iterator[None]:
+    """A trainer's generation inside a step (TRL's GRPO/RLOO `_generate`, each CP rank on its own share of the
+    prompts): no step in flight (attention is upstream's), the backbone hooks pass its calls through
+    unsharded, and no replicated scope (its collectives are upstream's: the ranks hold different values)."""
+    saved = current_step(), getattr(_local, "replicated", None), is_generating()
+    set_step(None)
+    _local.replicated, _local.generating = None, True
+    try:
+        yield
+    finally:
+        _local.replicated, _local.generating = saved[1], saved[2]
+        set_step(saved[0])
+
+
+def is_generating() -> bool:
+    return getattr(_local, "generating", False)
 
 
 def note_eval_steps(prefix: str, num_samples: int, steps: int) -> None:

@@ -81,9 +81,13 @@ def check_counters(trainer: Any) -> None:
         return
     import transformers
 
+    from ..patches.trl_rl import generating_trainer
+
     seen = getattr(trainer.args, "include_num_input_tokens_seen", "no")
     why = f"include_num_input_tokens_seen={seen!r}"
-    if seen == "no" and getattr(trainer.state, "num_input_tokens_seen", 0):  # a release that reads it as a bool
+    # TRL's GRPO/RLOO count their tokens themselves, in `_generate` (split: each completion once)
+    counts_itself = generating_trainer(trainer) is not None
+    if seen == "no" and getattr(trainer.state, "num_input_tokens_seen", 0) and not counts_itself:  # read as a bool
         why += " (read as True by this release, which counted tokens before this step: pass False)"
     elif seen in ("no", False, None):
         return
@@ -95,11 +99,17 @@ def check_counters(trainer: Any) -> None:
 
 def check_tensor_batch(trainer: Any, inputs: Any) -> None:
     """The Trainer hook runs before `_prepare_inputs`: a trainer that generates there (TRL's GRPO and RLOO)
-    hands it the raw generation batch, prompts not tensors (TRL issue #4016)."""
-    if not isinstance(inputs, dict):
+    hands it the raw generation batch, prompts not tensors (TRL issue #4016). Those whose generation cpshim
+    splits (`cpshim.patches.trl_rl`) pass; any other is refused by name."""
+    if isinstance(inputs, dict):
+        return
+    from ..patches.trl_rl import GENERATING, generating_trainer
+
+    if generating_trainer(trainer) is None:
         raise _fail(f"{type(trainer).__name__} sent a {type(inputs).__name__} batch, not a dict of tensors (a "
-                    "generation batch: its trainer builds the model inputs after generating). Ring CP does not "
-                    "shard generation batches yet: train it without cpshim.enable()")
+                    "generation batch: its trainer builds the model inputs after generating). Ring CP runs the "
+                    f"generation batches of {', '.join(sorted(GENERATING))} only, on a TRL that `cpshim report` "
+                    "lists their trl-*-generate-split patch as active for: train it without cpshim.enable()")
 
 
 def check_compile(trainer: Any) -> None:
@@ -175,7 +185,8 @@ _PAD = {"labels": sharding.IGNORE_INDEX, "shift_labels": sharding.IGNORE_INDEX}
 def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]:
     """A batch with labels comes with upstream's full-length keys (position_ids, shift_labels) and is sharded
     here; a label-less one comes as the trainer built it and goes on unsharded (`cpshim.ring.backbone`)."""
-    if inputs.get("past_key_values") is not None or inputs.get("use_cache"):
+    generation = not isinstance(inputs, dict)  # the raw batch of a trainer that generates in the step
+    if not generation and (inputs.get("past_key_values") is not None or inputs.get("use_cache")):
         raise _fail("KV cache / generate on sharded inputs is not supported: pass use_cache=False")
     settings = runtime.settings
     runtime.ensure_loaded()
@@ -183,11 +194,12 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     evaluating = _is_eval_step()
     check_model(hf_model, settings["heads_k_stride"])
     check_counters(trainer)
-    check_text_only(inputs)
     strategy = settings["strategy"]
-    check_documents(inputs, strategy)
+    if not generation:
+        check_text_only(inputs)
+        check_documents(inputs, strategy)
     check_compile(trainer)
-    labelless = inputs.get("labels") is None and inputs.get("shift_labels") is None
+    labelless = generation or (inputs.get("labels") is None and inputs.get("shift_labels") is None)
     if labelless:
         from . import backbone
 

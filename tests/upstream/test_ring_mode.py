@@ -85,8 +85,8 @@ def test_batch_without_labels_takes_the_backbone_path(trainer, ring, batch):
 
 
 def test_generation_batch_is_refused(trainer, ring):
-    """TRL's GRPO/RLOO below 1.4 (no guard of their own) hand the hook their raw generation batch, a list of
-    prompt dicts: refused naming the trainer, not an AttributeError."""
+    """A raw generation batch (a list of prompt dicts) from a trainer whose generation cpshim does not split
+    (this plain Trainer; TRL's GRPO/RLOO below 1.4): refused naming the trainer, not an AttributeError."""
     with pytest.raises(cpshim.CpshimRuntimeError, match="Trainer sent a list batch, not a dict of tensors"):
         trainer._prepare_context_parallel_inputs(trainer.model, [{"prompt": "t3 t4"}])
 

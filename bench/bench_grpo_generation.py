@@ -1,0 +1,106 @@
+"""GRPO generation under ring CP: each rank generating its share vs every rank generating the whole batch.
+
+    PYTHONPATH=. python bench/bench_grpo_generation.py [--prompts 4] [--generations 2] [--prompt-len 64]
+                                                       [--new-tokens 256] [--hidden 64] [--repeats 2]
+
+Two gloo ranks (one thread each) of one CP group build TRL's GRPOTrainer in ring mode (the parity tests'
+tiny Llama, HF generate with sampling, every completion exactly `--new-tokens` long: min_new_tokens is
+max_completion_length) and time `GRPOTrainer._generate` on the same prompts, side by side in one run,
+alternating, `--repeats` times each:
+  * split: inside the replicated scope the training step opens, `trl-grpo-generate-split` gives each rank a
+    1/cp share and exchanges the completions (what a training step does);
+  * whole: outside it, upstream's `_generate` on the whole batch on every rank (what TRL would do with CP
+    peers counted as data-parallel ranks, or any design that does not split).
+Target (issue 11): split <= 0.6x whole (the slower rank, best of the repeats). A MISS is reported, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET = 0.6
+
+
+def worker(opts: dict, out: str) -> None:
+    """One rank: build the trainer, time the two ways, write `<out>/<rank>.json`."""
+    import time
+
+    import torch.distributed as dist
+    import trl
+    from accelerate import ParallelismConfig
+
+    import cpshim
+    from cpshim.ring import parity, runtime
+    from tests.parity import _rl_worker
+
+    cpshim.enable(strategy="zigzag")
+    if opts["hidden"]:
+        from bench._ring_cp_worker import _with_hidden
+
+        _with_hidden(parity, opts["hidden"])
+    model = _rl_worker._model({"trainer": "grpo"}, 2)
+    n = opts["new_tokens"]
+    args = trl.GRPOConfig(output_dir=os.path.join(out, "trainer"), per_device_train_batch_size=opts["prompts"] * opts[
+        "generations"], num_generations=opts["generations"], max_completion_length=n,
+        generation_kwargs={"min_new_tokens": n}, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        parallelism_config=ParallelismConfig(cp_size=2))
+    rows = _rl_worker.rows(opts["prompts"], 3, 2 * opts["prompt_len"])
+    trainer = trl.GRPOTrainer(model=model, reward_funcs=_rl_worker.copy_reward, args=args,
+                              processing_class=_rl_worker.tokenizer(),
+                              train_dataset=_rl_worker._dataset(rows, out, "prompts"))
+    prompts = [r["prompt"] for r in rows for _ in range(opts["generations"])]
+    times: dict[str, list[float]] = {"split": [], "whole": []}
+    for _ in range(opts["repeats"]):
+        for way in ("whole", "split"):
+            dist.barrier()
+            t0 = time.perf_counter()
+            if way == "split":
+                with runtime.replicated(trainer):
+                    result = trainer._generate(prompts)
+            else:
+                result = trainer._generate(prompts)
+            times[way].append(time.perf_counter() - t0)
+            assert len(result[1]) == len(prompts) and all(len(c) == n for c in result[1])
+    with open(os.path.join(out, f"{dist.get_rank()}.json"), "w") as f:
+        json.dump(times, f)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--generations", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2)
+    opts = {k.replace("-", "_"): v for k, v in vars(ap.parse_args()).items()}
+    from cpshim.ring.launch import run_ranks
+
+    with tempfile.TemporaryDirectory() as out:
+        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+        run_ranks(f"from bench.bench_grpo_generation import worker; worker({opts!r}, {out!r})", 2, env=env,
+                  timeout=3000, cwd=str(ROOT))
+        ranks = [json.load(open(os.path.join(out, f"{r}.json"))) for r in range(2)]
+    batch = opts["prompts"] * opts["generations"]
+    print(f"GRPO generation, cp=2: {batch} completions of {opts['new_tokens']} tokens after {opts['prompt_len']}-token "
+          f"prompts, hidden {opts['hidden'] or 64}, best of {opts['repeats']}")
+    for r, t in enumerate(ranks):
+        print(f"  rank {r}: whole batch {min(t['whole']):.2f} s, its share ({batch // 2}) + exchange "
+              f"{min(t['split']):.2f} s   (all: whole {t['whole']}, split {t['split']})")
+    whole, split = max(min(t["whole"]) for t in ranks), max(min(t["split"]) for t in ranks)
+    ratio = split / whole
+    print(f"  split / whole = {ratio:.3f}x (slower rank), target <= {TARGET}x: {'OK' if ratio <= TARGET else 'MISS'}")
+    print("RESULT=" + json.dumps({"whole_s": whole, "split_s": split, "ratio": ratio, **opts}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
