@@ -167,7 +167,7 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     metrics = [{k: h[k] for k in METRICS if k in h} for h in trainer.state.log_history if "loss" in h]
     result = {"rank": rank, "losses": seen.losses, "grads": recorder.grads if rank == 0 else None,
               "metrics": metrics, "generated": seen.generated, "completions": seen.completions,
-              "logged_prompts": len(getattr(trainer, "_logs", {}).get("prompt", ())),
+              "logged": [list(trainer._logs[k]) for k in ("prompt", "completion")],  # TRL's completions log
               "generation_batch_size": args.generation_batch_size}
     if case.get("eval"):  # GRPO's prediction_step skips the hook: unsharded on every rank, gathers over DP
         result["eval_loss"] = trainer.evaluate()["eval_loss"]
