@@ -41,9 +41,9 @@ def test_selection_and_verdicts_follow_the_guards_in_the_wheels(release):
         assert ("gathered over data-parallel ranks" in got[name]) == (Version(floor) <= v < Version("2")), got[name]
         if Version("1.4.0") <= v < Version("2"):
             assert ("untested" in got[name]) == (not Version("1.5.1") <= v <= Version("1.16.0"))
-    for name in ("GRPOTrainer", "RLOOTrainer"):  # the cp guard of their configs, `_generate`: from 1.4.0
-        assert got[name].startswith("exact (generation batch") == (Version("1.4.0") <= v < Version("2")), got[name]
-        if Version("1.4.0") <= v < Version("2"):
+    for name in ("GRPOTrainer", "RLOOTrainer"):  # `_generate` as patched from 1.3.0; the cp guard from 1.4.0
+        assert got[name].startswith("exact (generation batch") == (Version("1.3.0") <= v < Version("2")), got[name]
+        if Version("1.3.0") <= v < Version("2"):
             assert ("untested" in got[name]) == (not Version("1.5.1") <= v <= Version("1.16.0"))
     assert ("DistillationTrainer" in got) == (v >= Version("1.10.0"))
     assert ("TRL's packing guard relaxed" in got["SFTTrainer"]) == (Version("1.11.0") <= v < Version("2"))

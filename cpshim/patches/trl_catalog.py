@@ -1,7 +1,8 @@
 """TRL's entries in the registry (TRL is a distribution cpshim patches, like transformers and accelerate).
 
 Ranges come from the TRL wheels (`python compat_matrix/generate.py` reads every release; the packing
-guard of `SFTTrainer.__init__` appeared in 1.11.0, the cp guards of GRPOConfig/RLOOConfig in 1.4.0).
+guard of `SFTTrainer.__init__` appeared in 1.11.0, the cp guards of GRPOConfig/RLOOConfig in 1.4.0; their
+`_generate` is the same from 1.3.0).
 Implementations: :mod:`cpshim.patches.trl_sft`, :mod:`cpshim.patches.trl_preference`, :mod:`cpshim.patches.trl_rl`.
 """
 
@@ -83,10 +84,10 @@ def _rl(trainer: str) -> tuple[Patch, Patch]:
         id=f"trl-{low}-generate-split",
         target=f"trl.trainer.{low}_trainer:{trainer}Trainer._generate",
         dist="trl",
-        floor="1.4.0",
+        floor="1.3.0",
         summary=f"ring mode: {trainer}Trainer's generation split over the CP group (each rank its share, "
                 "completions exchanged)",
-        variants=(Variant("split-over-cp", {"trl": ">=1.4,<2"}, {"trl": TRL_CEILING},
+        variants=(Variant("split-over-cp", {"trl": ">=1.3,<2"}, {"trl": TRL_CEILING},
                           "cpshim.patches.trl_rl:generate_split",
                           info={"keeps": "the whole method, run on this rank's share of the prompts",
                                 "turns_off": "every rank of a CP group generating its group's whole batch"}),),

@@ -1,8 +1,8 @@
 """What ring mode does with each TRL trainer on the installed TRL (report data; TRL is never imported).
 
 Read from the TRL wheels (`python compat_matrix/generate.py` keeps them): GRPO and RLOO refuse
-`cp_size > 1` themselves from TRL 1.4.0 (their configs; relaxed by `trl-grpo-cp-guard`/`trl-rloo-cp-guard`,
-their generation split by `trl-*-generate-split`), Distillation (added in 1.10.0) too; the packing guard of
+`cp_size > 1` themselves from TRL 1.4.0 (their configs; relaxed by `trl-grpo-cp-guard`/`trl-rloo-cp-guard`;
+their generation split by `trl-*-generate-split` from 1.3.0), Distillation (added in 1.10.0) too; the packing guard of
 SFTTrainer appeared in 1.11.0 and is relaxed by `trl-sft-packing-guard` for strategy varlen. DPO and KTO run
 the backbone path (`cpshim.ring.backbone`), their precompute patched where a variant fits.
 """
@@ -66,8 +66,8 @@ def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
         out[f"{name}Trainer"] = _BACKBONE + gathered + _untested(name, key, raw)
     for name in ("GRPO", "RLOO"):
         low = name.lower()
-        ready = all(select(REGISTRY[pid], versions).variant is not None
-                    for pid in (f"trl-{low}-cp-guard", f"trl-{low}-generate-split"))
+        guard, split = (select(REGISTRY[f"trl-{low}-{pid}"], versions) for pid in ("cp-guard", "generate-split"))
+        ready = split.variant is not None and (guard.variant is not None or not guard.needed)  # no guard below 1.4
         out[f"{name}Trainer"] = _GENERATING + _untested(name, key, raw) if ready else (
             f"refused by cpshim: no variant of trl-{low}-generate-split fits this TRL, so its generation batches "
             "are not split over the CP group (train it without cpshim.enable())")
