@@ -27,9 +27,10 @@ from ..modes import RING, cp_owned
 from .relaxed_frames import answer, relaxed
 from .views import AttributeView
 
-#: Trainers that generate inside the step, with the patches that must all be active for ring mode to run them.
+#: The patches through which a generating step's collectives see the CP group as one data-parallel rank.
 _DP_VIEW = ("accelerate-gather-dp", "accelerate-gather-object-dp", "accelerate-reduce-dp",
             "accelerate-num-processes-dp", "accelerate-process-index-dp")
+#: Trainers that generate inside the step, with the patches that must all be active for ring mode to run them.
 GENERATING = {"GRPOTrainer": ("trl-grpo-generate-split", *_DP_VIEW),
               "RLOOTrainer": ("trl-rloo-generate-split", *_DP_VIEW)}
 

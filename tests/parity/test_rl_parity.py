@@ -19,16 +19,19 @@ control does not sum the gathered hidden states' gradient over the group and mus
 Losses: at ratio 1 (a fresh generation) GRPO's `grpo`/GSPO and RLOO's losses are 0 in exact arithmetic
 (group-centred advantages, summed per group); a relative error of float32 residue around 0 means nothing, so a
 loss is compared relative to max(|loss|, LOSS_FLOOR): an absolute 1e-6 near 0, the suite's relative 1e-3 above.
-One launch runs every case.
+One launch runs every case: all of them on the newest TRL, the cases that cross cpshim's patches on the other
+TRL cells (see CORE).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 
 import pytest
 
+from cpshim.patches.ceilings import TRL_CEILING
 from tests.helpers import parity_results, parity_verdict, run_parity_pair, run_ranks
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
@@ -38,7 +41,7 @@ if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "a
 
 LOSS_RTOL, GRAD_RTOL = 1e-3, 2e-2  # the training parity suite's (tests/parity/test_ring_parity.py)
 LOSS_FLOOR = 1e-3
-CASES = [
+ALL_CASES = [
     {"id": "grpo-dapo", "trainer": "grpo", "eval": True},
     *({"id": f"grpo-{t}", "trainer": "grpo", "loss_type": t}
       for t in ("grpo", "bnpo", "dr_grpo", "cispo", "sapo", "vespo")),
@@ -53,6 +56,14 @@ CASES = [
     {"id": "grpo-hf-generate", "trainer": "grpo", "generate": "greedy"},
     {"id": "negative-no-gradient-sum", "trainer": "grpo", "negative": True},
 ]
+#: The newest TRL (on the oldest and the newest transformers cells) runs every case and the dp=2 x cp=2 test; the
+#: other TRL cells (one per fingerprint group of the patched TRL code) run the cases that cross what is patched:
+#: the split, a reference model, reused generations, RLOO, HF generate, the negative control. The loss types
+#: differ only in TRL's `_compute_loss`, which cpshim does not patch; the dp=2 run covers accelerate's groups
+#: (1.10.1 and 1.15.0) on the newest TRL's two cells. This keeps CI's nine TRL cells within its time.
+NEWEST = importlib.metadata.version("trl") == TRL_CEILING
+CORE = {"grpo-dapo", "grpo-kl", "grpo-reuse", "rloo", "grpo-hf-generate", "negative-no-gradient-sum"}
+CASES = ALL_CASES if NEWEST else [c for c in ALL_CASES if c["id"] in CORE]
 PARITY = [c["id"] for c in CASES if not c.get("negative") and c.get("generate") != "greedy"]
 
 
@@ -93,6 +104,7 @@ def test_rl_trainer_equals_one_process(results, case):
     assert verdict["ok"], verdict
 
 
+@pytest.mark.skipif(not NEWEST, reason=f"the dp=2 x cp=2 run is on the newest TRL's cells ({TRL_CEILING})")
 def test_two_data_parallel_ranks_equal_two_processes(dp_results):
     """dp=2 x cp=2 against two processes without CP: rank 0's losses, the averaged first-step gradients, the
     completions, metrics and completion logs of the first data-parallel rank."""
