@@ -181,7 +181,12 @@ def test_every_fingerprint_group_has_a_full_cell():
             problems.append(f"{patch.id}: no fingerprint data for its current watch list")
             continue
         lo = min(Version(c[patch.dist]) for c in CELLS if c.get(patch.dist))
-        proving = ("full",) if patch.kind == PATCH else ("full", "torch")  # torch cells run the multi-rank tests
+        if patch.kind != PATCH:
+            proving: tuple = ("full", "torch")  # torch cells run the multi-rank tests
+        elif patch.dist == "trl":
+            proving = ("full", "trl")  # trl cells run TRL's parity suites
+        else:
+            proving = ("full",)
         for fp, releases in groups[patch.id].items():
             usable = [r for r in releases if not Version(r).is_prerelease and (patch.dist, r) not in yanked
                       and Version(r) >= lo and _needed(patch, r)]
