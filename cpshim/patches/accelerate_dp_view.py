@@ -9,10 +9,11 @@ normalised by the same over-count (GRPO's reward statistics, its `dapo` normalis
 comes out right, by cancellation. Here `gather` / `gather_object` (at `_gpu_gather` /
 `_gpu_gather_object`, where both the Accelerator methods and the functions TRL imports from
 `accelerate.utils` arrive), `Accelerator.reduce`, `num_processes` and `process_index` run over the DP
-group (the mesh's `dp` dimension), as one process per data-parallel rank would. A tensor they gather must be the same on the ranks of the group (a tripwire checks it), since
-only one copy is kept. Outside such a scope, in sharded steps whose values are per-shard partials, and in
-the Trainer's eval loop (whose labelled steps count their targets with transformers' own CP-aware gathers:
-only its `gather_for_metrics` is over DP ranks there, `eval-gather-for-metrics`), upstream's.
+group (the mesh's `dp` dimension), as one process per data-parallel rank would. A tensor they gather
+must be the same on the ranks of the group (a tripwire checks it), since only one copy is kept. Outside
+such a scope, in sharded steps whose values are per-shard partials, and in the Trainer's eval loop of a
+labelled trainer (whose steps count their targets with transformers' own CP-aware gathers: only its
+`gather_for_metrics` is over DP ranks there, `eval-gather-for-metrics`), upstream's.
 """
 
 from __future__ import annotations
