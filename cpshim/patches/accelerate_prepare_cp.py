@@ -21,6 +21,12 @@ def no_cp_context(buffers: Any = None, buffer_seq_dims: Any = None, no_restore_b
     yield
 
 
+SLIDING = "sliding_attention"
+#: Layer types ring mode computes exactly: full attention by the ring, sliding windows by a halo exchange
+#: (`cpshim.ring.sliding`). Any other type, and any type a future release adds, is refused.
+RING_LAYER_TYPES = ("full_attention", SLIDING)
+
+
 def non_full_attention_layers(model_or_config: Any) -> list[str]:
     """Layer types that ring attention over the whole sequence would compute wrongly (a model or its config).
 
@@ -38,13 +44,16 @@ def non_full_attention_layers(model_or_config: Any) -> list[str]:
 
 
 def check_layers(model: Any, mode: str) -> None:
-    bad = non_full_attention_layers(model)
+    bad = [t for t in non_full_attention_layers(model) if mode != RING or t not in RING_LAYER_TYPES]
     if not bad:
         return
+    if mode == RING:
+        raise CpshimRuntimeError(
+            f"cpshim ring mode refuses this model: {type(model).__name__} has layers of type {', '.join(bad)}, and "
+            f"ring mode computes only {' and '.join(RING_LAYER_TYPES)} layers exactly: use such a model, or "
+            "train it without cpshim.enable()")
     reason = (f"{type(model).__name__} has attention layers of type {', '.join(bad)}; context parallelism "
               "over the full sequence computes them wrongly: use a model with full attention only, or disable CP")
-    if mode == RING:
-        raise CpshimRuntimeError(f"cpshim ring mode refuses this model: {reason}")
     lifecycle.notice("non-full-attention", reason, model=type(model).__name__)
     import warnings
 

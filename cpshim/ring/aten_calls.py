@@ -72,17 +72,24 @@ def rng_names(schema: schemas.Schema) -> tuple[str, str]:
                         f"(schema: {schema.canonical()}): this torch is untested with cpshim")
 
 
-def forward_values(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale) -> dict:
+def _window(left: int) -> dict:
+    """A causal window to the left (None: unlimited, the ops' default; releases before 2.4 lack the
+    parameters, so `bind` refuses a window there)."""
+    return {"window_size_left": left if left >= 0 else None}
+
+
+def forward_values(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale, left: int = -1) -> dict:
     return {"query": q, "key": k, "value": v, "cum_seq_q": cum_q, "cum_seq_k": cum_k, "max_q": max_q,
-            "max_k": max_k, "dropout_p": 0.0, "is_causal": causal, "return_debug_mask": False, "scale": scale}
+            "max_k": max_k, "dropout_p": 0.0, "is_causal": causal, "return_debug_mask": False, "scale": scale,
+            **_window(left)}
 
 
 def backward_values(schema: schemas.Schema, dout, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, causal, scale,
-                    rng: tuple) -> dict:
+                    rng: tuple, left: int = -1) -> dict:
     """`rng`: the two RNG tensors (ignored at dropout 0), named as `schema` spells them."""
     return {"grad_out": dout, "query": q, "key": k, "value": v, "out": out, "logsumexp": lse,
             "cum_seq_q": cum_q, "cum_seq_k": cum_k, "max_q": max_q, "max_k": max_k, "dropout_p": 0.0,
-            "is_causal": causal, "scale": scale, **dict(zip(rng_names(schema), rng))}
+            "is_causal": causal, "scale": scale, **dict(zip(rng_names(schema), rng)), **_window(left)}
 
 
 def call(op, schema: schemas.Schema, values: dict):

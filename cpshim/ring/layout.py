@@ -35,7 +35,8 @@ class Layout:
         return Step(cp=self.cp, rank=self.rank, group=group, strategy=self.strategy, local_len=self.local_len,
                     global_len=self.padded, padding=self.padded - self.full,
                     heads_k_stride=settings["heads_k_stride"], ring_dtype=settings["ring_dtype"], model=model,
-                    varlen=sharding.llama3_local_params(self.cu, self.rank, self.cp) if self.cu is not None else None)
+                    varlen=sharding.llama3_local_params(self.cu, self.rank, self.cp) if self.cu is not None else None,
+                    cu=tuple(self.cu.tolist()) if self.cu is not None else None)
 
 
 def seq_keys(inputs: dict, batch: int, length: int) -> list[str]:

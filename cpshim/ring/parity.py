@@ -14,16 +14,16 @@ import os
 import tempfile
 from typing import Any
 
+from .parity_models import VOCAB, masked_attention, register_masks, uses_upstream_masks
+from .parity_models import config as _case_config
+from .parity_models import model as _model
+
 REFERENCE_KEY = "cpshim_reference"
-VOCAB = 96
 
 
-def _config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                       tie_word_embeddings=False, attn_implementation="sdpa")
+def _config(case: dict | None = None) -> Any:
+    """The parity model's config (default: the tiny Llama every trainer's parity run uses)."""
+    return _case_config(case or {})
 
 
 def dataset(case: dict) -> list[dict]:
@@ -69,6 +69,8 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         dtype = query.dtype
         q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))
+        if getattr(attention_mask, "dtype", None) == torch.bool and attention_mask.dim() == 4:  # upstream's mask
+            return masked_attention(q, k, v, attention_mask, scaling).to(dtype).contiguous(), None
         pos, lead = state.get("position_ids"), state.get("lead")
         left_padded = lead is not None and bool(lead.any()) and q.shape[1] == k.shape[1]
         if left_padded or (pos is not None and bool((pos[:, 1:] == 0).any())):
@@ -114,6 +116,21 @@ def _skip_kv_exchange() -> None:
     assert runtime.loaded is not None
 
 
+def _skip_halo() -> None:
+    """Negative control of the sliding layers: each run attends to its own keys only (no halo exchanged)."""
+    import dataclasses
+
+    from . import sliding
+
+    exact = sliding.plan
+
+    def no_halo(*args: Any) -> Any:
+        p = exact(*args)
+        return dataclasses.replace(p, runs=tuple(dataclasses.replace(r, halo=0) for r in p.runs))
+
+    sliding.plan = no_halo  # type: ignore[assignment]
+
+
 class _Recorder:
     def __init__(self) -> None:
         from transformers import TrainerCallback
@@ -135,28 +152,32 @@ def run_case(case: dict, cp: int) -> dict:
     gradients on global rank 0)."""
     import torch
     import torch.distributed as dist
-    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     import cpshim
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(_config())
+    model = _model(case)
     extra: dict[str, Any] = {}
-    from . import routing
+    from . import routing, sliding
 
-    ring_forward = routing.ring_forward
+    ring_forward, plan = routing.ring_forward, sliding.plan
     if cp > 1:
         from accelerate import ParallelismConfig
 
         cpshim.enable(strategy=case["strategy"])
         extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
-        if case.get("negative"):
+        if case.get("negative") == "no-halo":
+            _skip_halo()
+        elif case.get("negative"):
             _skip_kv_exchange()
     else:
         from transformers import AttentionInterface
 
         forward, capture = _reference_attention()
         AttentionInterface.register(REFERENCE_KEY, forward)
+        if uses_upstream_masks(case):
+            register_masks(REFERENCE_KEY)
         model.config._attn_implementation = REFERENCE_KEY
         model.register_forward_pre_hook(capture, with_kwargs=True)
     recorder = _Recorder()
@@ -194,13 +215,13 @@ def run_case(case: dict, cp: int) -> dict:
             result["eval"] = {k: metrics.get(f"eval_{k}") for k in ("loss", "accuracy", "logit_tokens")}
         if case.get("resume"):  # a fresh Trainer resumes from step 2 and must reproduce steps 3..
             torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-            again = Trainer(model=LlamaForCausalLM(_config()), args=args, train_dataset=dataset(case))
+            again = Trainer(model=_model(case), args=args, train_dataset=dataset(case))
             if cp == 1:
                 again.model.config._attn_implementation = REFERENCE_KEY
             again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
-        routing.ring_forward = ring_forward
+        routing.ring_forward, sliding.plan = ring_forward, plan
     return result
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from . import runtime, tripwires
+from . import runtime, sliding, tripwires
 
 _ATTENTION, _MASK = "AttentionInterface", "AttentionMaskInterface"
 _routed: dict[Any, Callable[..., Any]] = {}
@@ -74,8 +74,7 @@ def ring_forward(step: Any, module: Any, query: Any, key: Any, value: Any, dropo
     tripwires.check_local_length(step, query.shape[2], name)
     if dropout and getattr(module, "training", False):
         _refuse(f"attention dropout {dropout}")
-    if sliding_window:
-        _refuse(f"sliding_window={sliding_window}")
+    window = sliding.checked_window(step, module, name, sliding_window)
     if softcap:
         _refuse(f"softcap={softcap}")
     if kwargs.get("s_aux") is not None:
@@ -87,7 +86,11 @@ def ring_forward(step: Any, module: Any, query: Any, key: Any, value: Any, dropo
     compute = getattr(torch, step.ring_dtype) if dtype not in (torch.bfloat16, torch.float16) else dtype
     q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))  # (b, s, h, d)
     common = dict(dropout_p=0.0, softmax_scale=scaling, causal=True, group=step.group)
-    if step.strategy == "varlen":
+    if window is not None and window < step.global_len:  # else the window holds the whole sequence: the ring
+        out = sliding.attention(q, k, v, window=window, plan_=sliding.plan(
+            step.global_len, step.cp, step.rank, step.strategy, window, step.cu), group=step.group,
+            provider=sliding.provider(runtime.loaded.provider), scale=scaling)
+    elif step.strategy == "varlen":
         cu_q, cu_k, max_q, max_k, local_k_slice = step.varlen
         out = ring.llama3_flash_attn_varlen_func(
             q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, heads_k_stride=step.heads_k_stride,

@@ -7,10 +7,13 @@ from typing import Any
 
 class Step:
     def __init__(self, *, cp: int, rank: int, group: Any, strategy: str, local_len: int, global_len: int,
-                 padding: int, heads_k_stride: int, ring_dtype: str, model: Any, varlen: Any = None) -> None:
+                 padding: int, heads_k_stride: int, ring_dtype: str, model: Any, varlen: Any = None,
+                 cu: tuple[int, ...] | None = None) -> None:
         self.cp, self.rank, self.group, self.strategy = cp, rank, group, strategy
         self.local_len, self.global_len, self.padding = local_len, global_len, padding
         self.heads_k_stride, self.ring_dtype, self.varlen = heads_k_stride, ring_dtype, varlen
+        self.cu = cu  # varlen: the packed stream's document boundaries (global positions)
+        self.windows: dict[int, Any] = {}  # id(attention module) -> its sliding window from the config, or None
         # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn").
         self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
         self.ran: set[int] = set()

@@ -11,7 +11,7 @@ import contextlib
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
-from ..patches.accelerate_prepare_cp import non_full_attention_layers
+from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention_layers
 from . import layout, runtime, sharding, tripwires
 from .step import Step
 
@@ -36,10 +36,10 @@ def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
     if impl in _REFUSED_ATTENTION:
         out.append(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
                    "load the model with attn_implementation='sdpa' or 'flash_attention_2'")
-    bad = non_full_attention_layers(config)
+    bad = [t for t in non_full_attention_layers(config) if t not in RING_LAYER_TYPES]
     if bad:
-        out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: only full causal "
-                   "attention is exact under ring attention")
+        out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: ring mode computes "
+                   f"only {' and '.join(RING_LAYER_TYPES)} layers exactly")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in ("attention_dropout", "attn_logit_softcapping"):
         if getattr(text, name, None):
@@ -51,12 +51,21 @@ def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
     return out
 
 
+def module_problems(model: Any) -> list[str]:
+    """What the attention modules hold that the ring kernels do not compute: attention sinks (gpt-oss and
+    others pass them as `s_aux`, one more logit per head in each query's softmax)."""
+    sinks = sorted({type(m).__name__ for name, m in model.named_modules() if name.endswith("self_attn")
+                    and any("sink" in p for p, _ in m.named_parameters(recurse=False))})
+    return [f"{', '.join(sinks)} has attention sinks (s_aux), which the ring kernels do not add to the softmax: "
+            "train it without cpshim.enable()"] if sinks else []
+
+
 def check_model(model: Any, heads_k_stride: int) -> None:
     """Refuse what ring attention over the whole sequence would compute wrongly."""
     config = getattr(model, "config", None)
     if config is None or isinstance(config, dict):
         raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
-    problems = config_problems(config, heads_k_stride)
+    problems = config_problems(config, heads_k_stride) + module_problems(model)
     if problems:
         raise _fail(problems[0])
 

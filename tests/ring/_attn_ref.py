@@ -16,18 +16,22 @@ except ImportError:  # torch < 2.3: the older context manager, same choice
         return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
 
 
-def bottom_right_mask(sq: int, sk: int, device=None) -> torch.Tensor:
-    """True where query i may attend key j: j <= i + (sk - sq), flash-attn >= 2.1 semantics."""
-    return torch.arange(sk, device=device)[None, :] <= torch.arange(sq, device=device)[:, None] + (sk - sq)
+def bottom_right_mask(sq: int, sk: int, device=None, window_left: int = -1) -> torch.Tensor:
+    """True where query i may attend key j: j <= i + (sk - sq), flash-attn >= 2.1 semantics; with a window,
+    also j >= i + (sk - sq) - window_left."""
+    cols, diag = torch.arange(sk, device=device)[None, :], torch.arange(sq, device=device)[:, None] + (sk - sq)
+    mask = cols <= diag
+    return mask & (cols >= diag - window_left) if window_left >= 0 else mask
 
 
-def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None = None) -> torch.Tensor:
+def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None = None,
+              window_left: int = -1) -> torch.Tensor:
     """q (b, sq, h, d), k/v (b, sk, hk, d) -> (b, sq, h, d); differentiable. Rows with no visible key
     give 0 (flash-attn's convention) instead of SDPA's NaN."""
     h, hk = q.shape[2], k.shape[2]
     k2 = k.repeat_interleave(h // hk, dim=2)
     v2 = v.repeat_interleave(h // hk, dim=2)
-    mask = bottom_right_mask(q.shape[1], k.shape[1], q.device) if causal else None
+    mask = bottom_right_mask(q.shape[1], k.shape[1], q.device, window_left) if causal else None
     live = None
     if mask is not None and not bool(mask.any(dim=1).all()):
         live = mask.any(dim=1)
@@ -41,7 +45,8 @@ def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, s
     return o
 
 
-def sdpa_math_varlen(q, k, v, cu_q, cu_k, causal: bool, scale: float | None = None) -> torch.Tensor:
+def sdpa_math_varlen(q, k, v, cu_q, cu_k, causal: bool, scale: float | None = None,
+                     window_left: int = -1) -> torch.Tensor:
     """Packed (total, h, d) version: one sdpa_math per sequence."""
     outs = []
     cq, ck = cu_q.tolist(), cu_k.tolist()
@@ -49,7 +54,7 @@ def sdpa_math_varlen(q, k, v, cu_q, cu_k, causal: bool, scale: float | None = No
         if cq[i + 1] == cq[i]:
             continue
         outs.append(sdpa_math(q[cq[i]:cq[i + 1]][None], k[ck[i]:ck[i + 1]][None], v[ck[i]:ck[i + 1]][None],
-                              causal, scale)[0])
+                              causal, scale, window_left)[0])
     return torch.cat(outs) if outs else q.new_zeros((0,) + tuple(q.shape[1:]))
 
 

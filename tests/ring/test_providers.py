@@ -14,7 +14,7 @@ import traceback
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpshim.ring.errors import ProviderError, UnsupportedAttentionError
@@ -182,6 +182,52 @@ def test_reference_varlen_matches_sdpa_math_fp32(monkeypatch):
         torch.testing.assert_close(sd[:, s0:s0 + lens_q[i]], delta[:, int(cu_q[i]):int(cu_q[i + 1])], rtol=0, atol=1e-5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 2), sq=st.integers(1, 40), extra=st.integers(0, 30), hk=st.sampled_from([1, 2]),
+       g=st.sampled_from([1, 3]), window=st.integers(0, 45), block=st.sampled_from([4, 16, 128]))
+def test_reference_sliding_window_matches_sdpa_math_fp32(b, sq, extra, hk, g, window, block):
+    """A causal window to the left (bottom-right aligned, as flash-attn's window_size=(left, 0)): windows shorter
+    and longer than the keys, blocks that split the window."""
+    ref_mod.BLOCK_ROWS, saved = block, ref_mod.BLOCK_ROWS
+    try:
+        torch.manual_seed(sq * 131 + extra)
+        sk, d = sq + extra, 8
+        q = torch.randn(b, sq, hk * g, d, requires_grad=True)
+        k = torch.randn(b, sk, hk, d, requires_grad=True)
+        v = torch.randn(b, sk, hk, d, requires_grad=True)
+        out = attention(q, k, v, P, causal=True, window_left=window)
+        ref = sdpa_math(q, k, v, True, window_left=window)
+        gout = torch.randn_like(out)
+        for got, want in zip((out, *torch.autograd.grad(out, (q, k, v), gout)),
+                             (ref, *torch.autograd.grad(ref, (q, k, v), gout))):
+            assert (got - want).abs().max().item() <= _tol(want)
+    finally:
+        ref_mod.BLOCK_ROWS = saved
+
+
+@settings(max_examples=25, deadline=None)
+@given(docs=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 10)), min_size=1, max_size=4),
+       window=st.integers(0, 14))
+def test_reference_varlen_sliding_window_matches_sdpa_math(docs, window):
+    lens_q = [q for q, _ in docs]
+    lens_k = [q + e for q, e in docs]
+    cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)
+    cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32)
+    torch.manual_seed(len(docs) * 7 + window)
+    q = torch.randn(int(cu_q[-1]), 4, 8, requires_grad=True)
+    k = torch.randn(int(cu_k[-1]), 2, 8, requires_grad=True)
+    v = torch.randn(int(cu_k[-1]), 2, 8, requires_grad=True)
+    out = attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), P, causal=True, window_left=window)
+    ref = sdpa_math_varlen(q, k, v, cu_q, cu_k, True, window_left=window)
+    if out.numel() == 0:
+        return
+    gout = torch.randn_like(out)
+    for got, want in zip((out, *torch.autograd.grad(out, (q, k, v), gout, allow_unused=True)),
+                         (ref, *torch.autograd.grad(ref, (q, k, v), gout, allow_unused=True))):
+        want = torch.zeros_like(got) if want is None else want
+        assert (got - want).abs().max().item() <= _tol(want)
+
+
 def test_reference_bf16_writes_input_dtype_and_stays_close():
     torch.manual_seed(3)
     q, k, v = (torch.randn(1, 64, 4, 32, dtype=torch.bfloat16) for _ in range(3))
@@ -211,7 +257,7 @@ def test_backward_writes_into_strided_views_only():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(dropout_p=0.1), dict(softcap=30.0), dict(alibi_slopes=torch.ones(4)), dict(window_size_left=4),
+    dict(dropout_p=0.1), dict(softcap=30.0), dict(alibi_slopes=torch.ones(4)), dict(window_size_left=4, causal=False),
     dict(window_size_left=-1, window_size_right=3, causal=False), dict(return_softmax=True),
 ])
 def test_unsupported_arguments_raise(kwargs):

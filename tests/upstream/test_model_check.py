@@ -10,7 +10,10 @@ from cpshim import cli
 @pytest.mark.parametrize("model_type, code, says", [
     ("llama", 0, "ring mode runs llama"),
     ("qwen2", 0, "ring mode runs qwen2"),
-    ("gemma2", 1, "attn_logit_softcapping"),  # and sliding layers: both named
+    ("gemma2", 1, "attn_logit_softcapping"),
+    ("gemma3_text", 0, "sliding-window layers by a halo exchange"),
+    ("mistral", 0, "sliding-window layers by a halo exchange"),
+    ("gpt_oss", 1, "GptOssAttention has attention sinks"),
     ("qwen2_vl", 0, "batches with images"),
     ("vit", 1, "not a causal language model"),
 ])
@@ -20,14 +23,17 @@ def test_model_types_get_the_hooks_verdict(capsys, model_type, code, says):
 
 
 def test_a_local_config_and_its_layer_types(capsys, tmp_path):
-    """A sliding layer in layer_types is refused by its type; the same model with full layers runs."""
+    """Sliding layers run (a halo exchange); a layer type ring mode does not compute is refused by its type."""
     from transformers import Qwen3Config
 
-    config = Qwen3Config(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
-                         use_sliding_window=True, sliding_window=16)
-    config.save_pretrained(tmp_path / "sliding")
-    assert cli.main(["check", "--model", str(tmp_path / "sliding" / "config.json")]) == 1
-    assert "sliding_attention layers" in capsys.readouterr().out
+    Qwen3Config(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"], use_sliding_window=True,
+                sliding_window=16).save_pretrained(tmp_path / "sliding")
+    assert cli.main(["check", "--model", str(tmp_path / "sliding" / "config.json")]) == 0
+    assert "sliding-window layers by a halo exchange" in capsys.readouterr().out
+    Qwen3Config(num_hidden_layers=2, layer_types=["chunked_attention", "full_attention"]).save_pretrained(
+        tmp_path / "chunked")
+    assert cli.main(["check", "--model", str(tmp_path / "chunked")]) == 1
+    assert "chunked_attention layers" in capsys.readouterr().out
     Qwen3Config(num_hidden_layers=2).save_pretrained(tmp_path / "full")
     assert cli.main(["check", "--model", str(tmp_path / "full")]) == 0
 

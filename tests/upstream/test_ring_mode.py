@@ -50,14 +50,20 @@ def test_unroutable_attention_is_refused(trainer, ring, batch, impl):
         _prepare(trainer, trainer.model, batch)
 
 
-def test_sliding_window_model_is_refused(trainer, ring, batch):
-    from transformers import MistralConfig, MistralForCausalLM
+def test_sliding_window_model_passes_the_model_checks(trainer, ring, batch):
+    """Sliding layers run a halo exchange (`cpshim.ring.sliding`): Mistral's window passes the model checks, so
+    in one process the next check (no cp group) stops it; a layer type ring mode does not compute is refused
+    by its name."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    model = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             sliding_window=8, attn_implementation="sdpa"))
-    with pytest.raises(cpshim.CpshimRuntimeError, match="sliding_attention"):
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, attn_implementation="sdpa")
+    model = MistralForCausalLM(MistralConfig(**sizes, sliding_window=8))
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
         _prepare(trainer, model, batch)
+    chunked = Qwen3ForCausalLM(Qwen3Config(**sizes, layer_types=["chunked_attention", "full_attention"]))
+    with pytest.raises(cpshim.CpshimRuntimeError, match="chunked_attention layers: ring mode computes only"):
+        _prepare(trainer, chunked, batch)
 
 
 def test_label_smoothing_is_refused(trainer, ring, batch):

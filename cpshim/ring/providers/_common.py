@@ -40,11 +40,13 @@ def check_supported(
     causal: bool,
     seqlen_k: int | None = None,
     return_softmax: Any = False,
-) -> None:
-    """Raise UnsupportedAttentionError for features the providers do not implement.
+) -> int:
+    """Raise UnsupportedAttentionError for features the providers do not implement; return the
+    left window (-1: unlimited).
 
     Window sizes are normalised as flash-attn's C++ does (>= seqlen_k means unlimited, causal
-    forces right=0), so only a real sliding window is refused.
+    forces right=0), so what remains is a causal sliding window (implemented) or a window to the
+    right / a non-causal window (refused).
     """
     if dropout_p not in (None, 0, 0.0):
         raise UnsupportedAttentionError(
@@ -64,13 +66,14 @@ def check_supported(
             left = -1
         if right >= seqlen_k:
             right = -1
-    if causal and right == 0:
+    if causal and right >= 0:
         right = -1
-    if left != -1 or right != -1:
+    if right != -1 or (left != -1 and not causal):
         raise UnsupportedAttentionError(
-            f"sliding-window attention (window_size=({window_size_left}, {window_size_right})) is not "
-            "supported by cpshim's kernel providers; only (-1, -1) is"
+            f"window_size=({window_size_left}, {window_size_right}) with causal={causal} is not supported by "
+            "cpshim's kernel providers: only a causal window to the left is"
         )
+    return left
 
 
 def check_finite_scale(scale: float) -> None:

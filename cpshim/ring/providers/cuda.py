@@ -60,7 +60,7 @@ def _check_device(q: torch.Tensor) -> None:
         raise ProviderError(f"PyTorch's flash kernels take fp16/bf16 only, got {q.dtype}")
 
 
-def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
+def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale, left=-1):
     global _GQA_NATIVE
     h, hk = q.shape[-2], k.shape[-2]
     if h != hk and _GQA_NATIVE is False:
@@ -68,12 +68,12 @@ def _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale):
     schema = aten_calls.live(aten_calls.FORWARD)
     try:
         res = aten_calls.call(torch.ops.aten._flash_attention_forward, schema,
-                              aten_calls.forward_values(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale))
+                              aten_calls.forward_values(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale, left))
     except RuntimeError as e:  # only a refusal of fewer kv heads switches to expanding them
         if h == hk or _GQA_NATIVE is False or "head" not in str(e).lower():
             raise
         _GQA_NATIVE = False
-        return _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale)
+        return _forward(q, k, v, cum_q, cum_k, max_q, max_k, causal, scale, left)
     if h != hk:
         _GQA_NATIVE = True if _GQA_NATIVE is None else _GQA_NATIVE
     named = aten_calls.named_outputs(schema, res)
@@ -96,7 +96,7 @@ def _rng_placeholders(schema, device: torch.device) -> tuple:
     return torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device)
 
 
-def _backward(dout, q, k, v, out, lse, dq, dk, dv, cum_q, cum_k, max_q, max_k, causal, scale):
+def _backward(dout, q, k, v, out, lse, dq, dk, dv, cum_q, cum_k, max_q, max_k, causal, scale, left=-1):
     h, hk = q.shape[-2], k.shape[-2]
     kk, vv = (k, v) if (h == hk or _GQA_NATIVE is not False) else (_expand_kv(k, h), _expand_kv(v, h))
     schema = aten_calls.live(aten_calls.BACKWARD)
@@ -107,7 +107,7 @@ def _backward(dout, q, k, v, out, lse, dq, dk, dv, cum_q, cum_k, max_q, max_k, c
         lse = pad_lse(lse, cum_q, max_q)
     values = aten_calls.backward_values(schema, _contig(dout), _contig(q), _contig(kk), _contig(vv), _contig(out),
                                         lse.contiguous(), cum_q, cum_k, max_q, max_k, causal, scale,
-                                        _rng_placeholders(schema, q.device))
+                                        _rng_placeholders(schema, q.device), left)
     gq, gk, gv = aten_calls.call(torch.ops.aten._flash_attention_backward, schema, values)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
@@ -131,14 +131,14 @@ def _flash_attn_forward(
     alibi_slopes: Optional[torch.Tensor],
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
     _check_device(q)
     q, k, v = _contig(q), _contig(k), _contig(v)
     with torch.no_grad():
         return _forward(q, k, v, None, None, q.shape[1], k.shape[1], bool(causal),
-                        resolve_scale(softmax_scale, q.shape[-1]))
+                        resolve_scale(softmax_scale, q.shape[-1]), left)
 
 
 def _flash_attn_varlen_forward(
@@ -164,15 +164,15 @@ def _flash_attn_varlen_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if block_table is not None or leftpad_k is not None or seqused_k is not None:
         raise ProviderError("block_table / leftpad_k / seqused_k (KV cache) are not supported")
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
     _check_device(q)
     q, k, v = _contig(q), _contig(k), _contig(v)
     cq, ck = _cu(cu_seqlens_q, q.device), _cu(cu_seqlens_k, q.device)
     with torch.no_grad():
         return _forward(q, k, v, cq, ck, int(max_seqlen_q), int(max_seqlen_k), bool(causal),
-                        resolve_scale(softmax_scale, q.shape[-1]))
+                        resolve_scale(softmax_scale, q.shape[-1]), left)
 
 
 def _cu(cu: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -199,13 +199,13 @@ def _flash_attn_backward(
     deterministic: bool,
     rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=k.shape[1])
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=k.shape[1])
     _check_device(q)
     with torch.no_grad():
         _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, None, None, q.shape[1], k.shape[1],
-                  bool(causal), resolve_scale(softmax_scale, q.shape[-1]))
+                  bool(causal), resolve_scale(softmax_scale, q.shape[-1]), left)
         b, sq, h, _ = q.shape
         softmax_d = torch.zeros((b, h, round_multiple(sq, 128)), dtype=torch.float32, device=q.device)
         # rowsum(dout * out): products in the input dtype, sum in fp32 (cheap; ring ignores it).
@@ -238,16 +238,16 @@ def _flash_attn_varlen_backward(
     rng_state: Optional[torch.Tensor] = None,
     zero_tensors: bool = False,
 ) -> torch.Tensor:
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=max_seqlen_k)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=max_seqlen_k)
     _check_device(q)
     if softmax_lse.dim() != 2:
         raise ProviderError(f"varlen softmax_lse must be (nheads, total_q), got {tuple(softmax_lse.shape)}")
     cq, ck = _cu(cu_seqlens_q, q.device), _cu(cu_seqlens_k, q.device)
     with torch.no_grad():
         _backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cq, ck, int(max_seqlen_q),
-                  int(max_seqlen_k), bool(causal), resolve_scale(softmax_scale, q.shape[-1]))
+                  int(max_seqlen_k), bool(causal), resolve_scale(softmax_scale, q.shape[-1]), left)
         delta = (dout * out).sum(-1, dtype=torch.float32).transpose(0, 1)
         softmax_d = varlen_softmax_d(delta, cq)
     return softmax_d

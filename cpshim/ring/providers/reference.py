@@ -4,8 +4,9 @@ ring-flash-attn calls `_flash_attn_forward(**params)` with params read from this
 signatures, so names, order and defaults mirror flash_attn/flash_attn_interface.py v2.8.3, and so
 do the returns: forward -> (out, softmax_lse, S_dmask, rng_state) with lse fp32 (b, h, s_q)
 (varlen: (h, total_q)); backward writes dq/dk/dv in place and returns softmax_d. Causal masks are
-bottom-right aligned as in flash-attn >= 2.1. Math runs in fp32 (fp64 for fp64 input) over blocks
-of queries so that memory stays O(block x s_k), not O(s_q x s_k).
+bottom-right aligned as in flash-attn >= 2.1, and so is a causal window to the left (keys
+diagonal - window_size_left .. diagonal). Math runs in fp32 (fp64 for fp64 input) over blocks of
+queries so that memory stays O(block x s_k) (with a window, O(block x (block + window))).
 """
 
 from __future__ import annotations
@@ -52,16 +53,27 @@ def _block(x: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
     return x[:, :, :, i0:i1].reshape(b, hk, g * (i1 - i0), d)
 
 
-def _scores(qb, kh, g, i0, i1, kmax, offset, causal):
-    """Scaled scores (b, hk, g, rows, kmax); bottom-right causal mask applied to the diagonal band only."""
+def _key_range(i0: int, i1: int, offset: int, sk: int, causal: bool, left: int) -> tuple[int, int]:
+    """Keys [lo, hi) some row of the block [i0, i1) sees: causal stops at the diagonal (bottom-right),
+    a left window starts `left` keys before it, so a block reads O(rows + left) keys, not s_k."""
+    hi = max(0, min(sk, i1 + offset)) if causal else sk
+    lo = min(hi, max(0, i0 + offset - left)) if left >= 0 else 0
+    return lo, hi
+
+
+def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left):
+    """Scaled scores (b, hk, g, rows, hi - lo) against keys [lo, hi); the bottom-right causal mask on
+    the diagonal band, and the window's edge (keys before diagonal - left) when there is one."""
     b, hk = qb.shape[:2]
-    s = torch.matmul(qb, kh[:, :, :kmax].transpose(-1, -2)).view(b, hk, g, i1 - i0, kmax)
-    if causal:
-        lo = max(0, i0 + offset + 1)  # columns < lo are visible to every row of the block
-        if lo < kmax:
-            rows = torch.arange(i0, i1, device=s.device).unsqueeze(1) + offset
-            band = torch.arange(lo, kmax, device=s.device).unsqueeze(0) > rows
-            s[..., lo:kmax].masked_fill_(band, float("-inf"))
+    s = torch.matmul(qb, kh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
+    rows = torch.arange(i0, i1, device=s.device).unsqueeze(1) + offset
+    cols = torch.arange(lo, hi, device=s.device).unsqueeze(0)
+    if left >= 0:
+        s.masked_fill_((cols > rows) | (cols < rows - left), float("-inf"))
+    elif causal:
+        c0 = max(lo, i0 + offset + 1)  # columns < c0 are visible to every row of the block
+        if c0 < hi:
+            s[..., c0 - lo:].masked_fill_(cols[:, c0 - lo:] > rows, float("-inf"))
     return s
 
 
@@ -72,11 +84,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: int) 
         raise ValueError(f"kv heads ({k.shape[-2]}) must divide query heads ({q.shape[-2]})")
 
 
-def _limit(i1: int, offset: int, sk: int, causal: bool) -> int:
-    return max(0, min(sk, i1 + offset)) if causal else sk
-
-
-def _dense_forward(q, k, v, scale: float, causal: bool):
+def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1):
     """One batch of equal-length sequences; returns (out in q.dtype, lse fp32 (b, h, s_q))."""
     b, sq, h, _ = q.shape
     sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -89,15 +97,15 @@ def _dense_forward(q, k, v, scale: float, causal: bool):
     step = BLOCK_ROWS
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
-        kmax = _limit(i1, offset, sk, causal)
-        if kmax == 0:
+        lo, hi = _key_range(i0, i1, offset, sk, causal, left)
+        if hi == lo:
             continue  # every row fully masked: out 0, lse +inf (flash-attn's convention)
-        p = _scores(_block(qh, i0, i1), kh, g, i0, i1, kmax, offset, causal)
+        p = _scores(_block(qh, i0, i1), kh, g, i0, i1, lo, hi, offset, causal, left)
         m = p.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p.sub_(m).exp_()
         denom = p.sum(dim=-1, keepdim=True)
-        o = torch.matmul(p.view(b, hk, g * (i1 - i0), kmax), vh[:, :, :kmax]).view(b, hk, g, i1 - i0, dv)
+        o = torch.matmul(p.view(b, hk, g * (i1 - i0), hi - lo), vh[:, :, lo:hi]).view(b, hk, g, i1 - i0, dv)
         o.div_(torch.where(denom > 0, denom, torch.ones_like(denom)))
         blk = torch.where(denom > 0, m + torch.log(denom), torch.full_like(denom, float("inf")))
         out[:, i0:i1].copy_(o.permute(0, 3, 1, 2, 4))
@@ -105,7 +113,7 @@ def _dense_forward(q, k, v, scale: float, causal: bool):
     return out.view(b, sq, h, dv), lse.view(b, h, sq)
 
 
-def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: bool):
+def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: bool, left: int = -1):
     """Writes dq/dk/dv (overwriting) and returns delta = rowsum(dout * out), fp32 (b, h, s_q)."""
     b, sq, h, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
@@ -123,23 +131,23 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
         rows = g * (i1 - i0)
-        kmax = _limit(i1, offset, sk, causal)
-        if kmax == 0:
+        lo, hi = _key_range(i0, i1, offset, sk, causal, left)
+        if hi == lo:
             dq[:, i0:i1].zero_()
             continue
         qb, dob = _block(qh, i0, i1), _block(doh, i0, i1)
-        p = _scores(qb, kh, g, i0, i1, kmax, offset, causal)
+        p = _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left)
         p.sub_(lse_h[..., i0:i1, None]).exp_()  # lse +inf (empty row) -> p = 0
-        ds = torch.matmul(dob, vh[:, :, :kmax].transpose(-1, -2)).view(b, hk, g, i1 - i0, kmax)
+        ds = torch.matmul(dob, vh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
         ds.sub_(delta[..., i0:i1, None]).mul_(p)
-        p2, ds2 = p.view(b, hk, rows, kmax), ds.view(b, hk, rows, kmax)
-        dq_blk = torch.matmul(ds2, kh[:, :, :kmax]).mul_(scale).view(b, hk, g, i1 - i0, d).permute(0, 3, 1, 2, 4)
+        p2, ds2 = p.view(b, hk, rows, hi - lo), ds.view(b, hk, rows, hi - lo)
+        dq_blk = torch.matmul(ds2, kh[:, :, lo:hi]).mul_(scale).view(b, hk, g, i1 - i0, d).permute(0, 3, 1, 2, 4)
         if dq_v is not None:
             dq_v[:, i0:i1].copy_(dq_blk)
         else:
             dq[:, i0:i1].copy_(dq_blk.reshape(b, i1 - i0, h, d))
-        dk_acc[:, :, :kmax] += torch.matmul(ds2.transpose(-1, -2), qb)  # qb already carries the scale
-        dv_acc[:, :, :kmax] += torch.matmul(p2.transpose(-1, -2), dob)
+        dk_acc[:, :, lo:hi] += torch.matmul(ds2.transpose(-1, -2), qb)  # qb already carries the scale
+        dv_acc[:, :, lo:hi] += torch.matmul(p2.transpose(-1, -2), dob)
     dk.copy_(dk_acc.permute(0, 2, 1, 3))
     dv.copy_(dv_acc.permute(0, 2, 1, 3))
     return delta.reshape(b, h, sq).float()
@@ -159,11 +167,11 @@ def _flash_attn_forward(
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, 4)
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
     with torch.no_grad():
-        out, lse = _dense_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal))
+        out, lse = _dense_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left)
     s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
     rng_state = torch.zeros((2,), dtype=torch.int64, device=q.device)
     return out, lse, s_dmask, rng_state
@@ -192,9 +200,9 @@ def _flash_attn_varlen_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, 3)
     _check_varlen_extras(block_table, leftpad_k, seqused_k)
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     out = torch.zeros((q.shape[0], q.shape[1], v.shape[-1]), dtype=q.dtype, device=q.device)
@@ -204,7 +212,7 @@ def _flash_attn_varlen_forward(
             if cq[i + 1] == cq[i]:
                 continue
             o, lse_i = _dense_forward(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
-                                      v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal))
+                                      v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal), left)
             out[cq[i]:cq[i + 1]] = o[0]
             lse[:, cq[i]:cq[i + 1]] = lse_i[0]
     s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
@@ -238,15 +246,15 @@ def _flash_attn_backward(
     rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     _check_shapes(q, k, v, 4)
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=k.shape[1])
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=k.shape[1])
     dq, dk, dv = _buffers(q, k, v, dq, dk, dv)
     b, sq, h, _ = q.shape
     softmax_d = torch.zeros((b, h, round_multiple(sq, 128)), dtype=torch.float32, device=q.device)
     with torch.no_grad():
         delta = _dense_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv,
-                                resolve_scale(softmax_scale, q.shape[-1]), bool(causal))
+                                resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left)
         softmax_d[..., :sq] = delta
     return softmax_d
 
@@ -277,9 +285,9 @@ def _flash_attn_varlen_backward(
     zero_tensors: bool = False,
 ) -> torch.Tensor:
     _check_shapes(q, k, v, 3)
-    check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
-                    window_size_left=window_size_left, window_size_right=window_size_right,
-                    causal=causal, seqlen_k=max_seqlen_k)
+    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+                           window_size_left=window_size_left, window_size_right=window_size_right,
+                           causal=causal, seqlen_k=max_seqlen_k)
     if softmax_lse.dim() != 2:
         raise ValueError("varlen softmax_lse must be (nheads, total_q) as in flash-attn 2.8, "
                          f"got {tuple(softmax_lse.shape)}")
@@ -299,7 +307,7 @@ def _flash_attn_varlen_backward(
             delta = _dense_backward(dout[qs].unsqueeze(0), q[qs].unsqueeze(0), k[ks].unsqueeze(0),
                                     v[ks].unsqueeze(0), out[qs].unsqueeze(0), softmax_lse[:, qs].unsqueeze(0),
                                     dq[qs].unsqueeze(0), dk[ks].unsqueeze(0), dv[ks].unsqueeze(0),
-                                    scale, bool(causal))
+                                    scale, bool(causal), left)
             delta_all[:, qs] = delta[0]
     return varlen_softmax_d(delta_all, cu_seqlens_q)
 

@@ -1,0 +1,65 @@
+"""The tiny models of the parity runs, and the one-process attention that follows upstream's own masks.
+
+Llama (full attention) is the default; the sliding-window families run the halo exchange under CP.
+For those, the one-process side does not take the window from the model's `sliding_window` argument
+(the value ring mode reads): it registers sdpa's mask function for its key and attends through the
+4-D boolean mask transformers builds for each layer (causal, window, documents), so a window that
+ring mode read wrongly would show as a parity failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VOCAB = 96
+_SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+              attn_implementation="sdpa")
+
+
+def config(case: dict) -> Any:
+    """The case's model config: `model` (llama, mistral, gemma3), `window` for the sliding ones."""
+    import transformers
+
+    name = case.get("model", "llama")
+    if name == "llama":
+        return transformers.LlamaConfig(**_SIZES)
+    if name == "mistral":  # every layer sliding, the window from config.sliding_window
+        return transformers.MistralConfig(**_SIZES, sliding_window=case["window"])
+    if name == "gemma3":  # layer_types: 2 sliding : 1 full
+        return transformers.Gemma3TextConfig(**{**_SIZES, "num_hidden_layers": 3}, head_dim=16,
+                                             query_pre_attn_scalar=16, sliding_window=case["window"],
+                                             layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+    raise ValueError(f"unknown parity model {name!r}")
+
+
+def model(case: dict) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config(case))
+
+
+def uses_upstream_masks(case: dict) -> bool:
+    return case.get("model", "llama") != "llama"
+
+
+def register_masks(key: str) -> None:
+    """Give the one-process key transformers' sdpa masks (4-D boolean, or None where causal suffices)."""
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionMaskInterface.register(key, sdpa_mask)
+
+
+def masked_attention(q: Any, k: Any, v: Any, mask: Any, scaling: float | None) -> Any:
+    """q (b, s, h, d), k/v (b, s, hk, d*) in the compute dtype, mask (b or 1, 1, s, s) bool: scores and softmax
+    in fp32 as the kernel providers compute them, output in the compute dtype."""
+    import torch
+
+    h, hk = q.shape[2], k.shape[2]
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
+    kf, vf = kf.repeat_interleave(h // hk, dim=1), vf.repeat_interleave(h // hk, dim=1)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no key (padding) gives 0
+    return torch.matmul(probs, vf).transpose(1, 2).to(q.dtype)
