@@ -50,7 +50,8 @@ nox.needs_version = ">=2024.3"
 # Suites (matrix.toml's `suite`). A multi-rank test spawns its ranks itself; OMP_NUM_THREADS=1 keeps
 # 2-4 gloo ranks from oversubscribing the cores.
 SUITES = {
-    "full": ["tests", "-m", "not gpu"],
+    # tests/architectures (model families under ring CP, one per feature): only in the cells whose `also` names it
+    "full": ["tests", "--ignore=tests/architectures", "-m", "not gpu"],
     "smoke": ["tests/upstream", "tests/test_compat.py", "-m", "not multiproc and not gpu"],
     # another torch: what depends on it (c10d ring exchange, accelerate's mesh, the aten op binding)
     "torch": ["tests/upstream", "tests/test_compat.py", "tests/ring", "tests/parity/test_ring_parity.py",
@@ -228,7 +229,8 @@ def tests(session: nox.Session, cell: dict) -> None:
     args = SUITES[cell["suite"]]
     if cell.get("also"):
         paths = [a for a in args if a.startswith("tests")]
-        args = [*paths, *cell["also"], *args[len(paths):]]
+        rest = [a for a in args[len(paths):] if a.removeprefix("--ignore=") not in cell["also"]]
+        args = [*paths, *cell["also"], *rest]
     _pytest(session, path, "cell", cell["id"], cell["suite"], args)
     done = time.monotonic()
     data = _annotate(path, kind="cell", timing={"install_s": round(installed - started, 1),

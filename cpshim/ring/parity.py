@@ -70,6 +70,10 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
         dtype = query.dtype
         q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))
         if getattr(attention_mask, "dtype", None) == torch.bool and attention_mask.dim() == 4:  # upstream's mask
+            pos = state.get("position_ids")
+            if pos is not None:  # documents apart, as for full attention (4.56 did not detect the packing here)
+                doc = (pos.reshape(q.shape[:2]) == 0).cumsum(-1)
+                attention_mask = attention_mask & (doc[:, None, :, None] == doc[:, None, None, :])
             return masked_attention(q, k, v, attention_mask, scaling).to(dtype).contiguous(), None
         pos, lead = state.get("position_ids"), state.get("lead")
         left_padded = lead is not None and bool(lead.any()) and q.shape[1] == k.shape[1]
@@ -174,7 +178,7 @@ def run_case(case: dict, cp: int) -> dict:
     else:
         from transformers import AttentionInterface
 
-        forward, capture = _reference_attention()
+        forward, capture = _reference_attention(case.get("reference_dtype", "bfloat16"))
         AttentionInterface.register(REFERENCE_KEY, forward)
         if uses_upstream_masks(case):
             register_masks(REFERENCE_KEY)

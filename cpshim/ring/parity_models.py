@@ -18,7 +18,8 @@ _SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
 
 
 def config(case: dict) -> Any:
-    """The case's model config: `model` (llama, mistral, gemma3), `window` for the sliding ones."""
+    """The case's model config: `model` (llama, mistral, gemma3, qwen2), `window` for the sliding ones,
+    `layer_types` for gemma3 and qwen2 (default sliding, full, sliding)."""
     import transformers
 
     name = case.get("model", "llama")
@@ -26,10 +27,14 @@ def config(case: dict) -> Any:
         return transformers.LlamaConfig(**_SIZES)
     if name == "mistral":  # every layer sliding, the window from config.sliding_window
         return transformers.MistralConfig(**_SIZES, sliding_window=case["window"])
-    if name == "gemma3":  # layer_types: 2 sliding : 1 full
-        return transformers.Gemma3TextConfig(**{**_SIZES, "num_hidden_layers": 3}, head_dim=16,
+    mixed = case.get("layer_types", ["sliding_attention", "full_attention", "sliding_attention"])
+    if name == "gemma3":  # the window per layer from layer_types
+        return transformers.Gemma3TextConfig(**{**_SIZES, "num_hidden_layers": len(mixed)}, head_dim=16,
                                              query_pre_attn_scalar=16, sliding_window=case["window"],
-                                             layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+                                             layer_types=mixed)
+    if name == "qwen2":
+        return transformers.Qwen2Config(**{**_SIZES, "num_hidden_layers": len(mixed)}, use_sliding_window=True,
+                                        sliding_window=case["window"], layer_types=mixed)
     raise ValueError(f"unknown parity model {name!r}")
 
 

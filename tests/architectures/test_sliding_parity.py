@@ -1,0 +1,69 @@
+"""Sliding-window models under ring CP with a real Trainer on 2 gloo ranks equal one process.
+
+Qwen2 and Gemma 3 (layer_types: sliding and full layers, the window per layer) and Mistral (every layer
+sliding), on every strategy, windows shorter than a zigzag chunk, not dividing it, and longer than a shard, packed documents
+shorter than the window. The one process attends through transformers' own 4-D masks (`parity_models`), not
+the window ring mode reads. Same check and tolerances as the full-attention parity (`test_ring_parity`); the
+negative control (sliding layers without their halo) must fail it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.helpers import run_parity_pair
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
+if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn")):
+    pytest.skip("needs torch, transformers, accelerate and ring-flash-attn", allow_module_level=True)
+
+LOSS_RTOL = 1e-3
+GRAD_RTOL = 2e-2
+
+SEQ = {"batch": 1, "seq_len": 64, "steps": 2}
+CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
+    {"id": "qwen2-zigzag-w8", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ},
+    {"id": "qwen2-contiguous-b2-w40", "model": "qwen2", "window": 40, "strategy": "contiguous", **SEQ, "batch": 2},
+    # documents of 17 and 47 tokens per row, the first shorter than the window
+    {"id": "qwen2-varlen-packed-w20", "model": "qwen2", "window": 20, "strategy": "varlen", **SEQ, "batch": 2,
+     "packed": True},
+    {"id": "mistral-zigzag-b2-w11", "model": "mistral", "window": 11, "strategy": "zigzag", **SEQ, "batch": 2},
+    {"id": "gemma3-zigzag-w8", "model": "gemma3", "window": 8, "strategy": "zigzag", **SEQ},
+    # its one process with fp32 attention: the bf16 reference is judged against it first (conditioning)
+    {"id": "gemma3-zigzag-w8-fp32", "model": "gemma3", "window": 8, "strategy": "zigzag", **SEQ,
+     "reference_dtype": "float32"},
+    {"id": "negative-no-halo", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ, "negative": "no-halo"},
+]
+JUDGED = [c["id"] for c in CASES if not c.get("negative") and "reference_dtype" not in c]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return run_parity_pair("cpshim.ring.parity", CASES, str(tmp_path_factory.mktemp("sliding")))
+
+
+@pytest.mark.parametrize("case", JUDGED)
+def test_sliding_model_matches_one_process(results, case):
+    from cpshim.ring.parity import compare
+
+    if f"{case}-fp32" in results:
+        # Gemma 3's tiny model on transformers 4.56 is ill-conditioned in bf16: its one-process bf16 run is
+        # itself 6.4e-2 off the fp32 one (measured; 9.6e-3 on 5.24), so a 2e-2 check cannot judge the ring.
+        truth, bf16 = results[f"{case}-fp32"][0], results[case][0]
+        conditioning = compare(truth, bf16, loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+        if not conditioning["ok"]:
+            pytest.skip(f"{case}: the bf16 one-process run is {conditioning['grad_rel_err_max']:.1e} off its fp32 "
+                        "attention run, more than the check's tolerance: not judgeable at these tolerances")
+    verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    print(case, verdict)
+    assert verdict["ok"], verdict
+
+
+def test_negative_control_fails_the_same_check(results):
+    from cpshim.ring.parity import compare
+
+    verdict = compare(*results["negative-no-halo"], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    print("negative", verdict)
+    assert not verdict["ok"], f"sliding layers without their halo passed the parity check: {verdict}"
