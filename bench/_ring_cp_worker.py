@@ -85,7 +85,37 @@ def _with_hidden(parity: Any, hidden: int) -> None:
     parity._config = config  # run_case looks it up at call time
 
 
-def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None, trainer: str = "sft") -> None:
+GEMMA3_LAYERS = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 3's pattern: 5 sliding : 1 full
+
+
+def _count_halo(rec: dict, timer: "_Timer") -> None:
+    """Bytes the sliding layers receive per step (halo rows forward, their gradients backward), next to what an
+    all-gather of the same keys/values (and a reduce-scatter of their gradients) would move to this rank."""
+    from cpshim.ring import sliding
+
+    import torch.distributed as dist
+
+    exchange = sliding._exchange
+
+    timed = timer.wrap("halo_exchange", exchange)  # per step, with the tripwires: part of cpshim's share
+
+    def counted(x, outgoing, incoming, group):
+        # an untimed barrier first: the exchange's own wall would include waiting for the slower rank (the two
+        # ranks' imbalance, which the ring's exchanges also wait out), not the cost of moving the halo
+        t0 = time.perf_counter()
+        dist.barrier(group=group)
+        rec["halo_wait_s"] = rec.get("halo_wait_s", 0.0) + time.perf_counter() - t0
+        got = timed(x, outgoing, incoming, group)
+        rec["halo_bytes"] = rec.get("halo_bytes", 0) + sum(t.numel() * t.element_size() for t in got.values())
+        others = dist.get_world_size(group) - 1  # an all-gather brings every other rank's shard
+        rec["gather_bytes"] = rec.get("gather_bytes", 0) + others * x.numel() * x.element_size()
+        return got
+
+    sliding._exchange = counted
+
+
+def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None, trainer: str = "sft",
+         model: str = "llama", window: int | None = None) -> None:
     import torch
     import transformers
     from transformers import TrainerCallback
@@ -131,6 +161,10 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
     transformers.Trainer.train = train
     case = {"id": "bench", "strategy": "zigzag", "batch": 1, "seq_len": seq_len, "steps": steps,
             "output_dir": os.path.join(out_dir, f"trainer-{cp}")}
+    if model == "gemma3":  # the windows come from the model's own sliding_window on both sides
+        case.update(model="gemma3", window=window, layer_types=GEMMA3_LAYERS, upstream_masks=False)
+        if cp > 1:
+            _count_halo(rec, timer)
     t0 = time.perf_counter()
     if trainer == "dpo":  # TRL's DPOTrainer, one chosen/rejected pair of seq_len tokens each (the backbone path)
         from tests.parity import _pref_worker
@@ -149,5 +183,6 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
     rec["final_rss_kib"] = _status_kib("VmRSS")
     rec["losses"] = result["losses"]
     rec["rank"] = result["rank"]
+    rec["halo_bytes_per_step"] = rec.get("halo_bytes", 0) / max(1, steps)
     with open(os.path.join(out_dir, f"{cp}-{result['rank']}.json"), "w") as f:
         json.dump(rec, f)

@@ -75,6 +75,7 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
                 doc = (pos.reshape(q.shape[:2]) == 0).cumsum(-1)
                 attention_mask = attention_mask & (doc[:, None, :, None] == doc[:, None, None, :])
             return masked_attention(q, k, v, attention_mask, scaling).to(dtype).contiguous(), None
+        window = int(kwargs["sliding_window"]) - 1 if kwargs.get("sliding_window") else -1  # the model's own
         pos, lead = state.get("position_ids"), state.get("lead")
         left_padded = lead is not None and bool(lead.any()) and q.shape[1] == k.shape[1]
         if left_padded or (pos is not None and bool((pos[:, 1:] == 0).any())):
@@ -93,9 +94,9 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
             max_len = int((cu[1:] - cu[:-1]).max())
             out = attention_varlen(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),
                                    v.reshape(b * s, *v.shape[2:]), cu, cu, max_len, max_len, provider,
-                                   softmax_scale=scaling).reshape(q.shape)
+                                   softmax_scale=scaling, window_left=window).reshape(q.shape)
         else:
-            out = attention(q, k, v, provider, softmax_scale=scaling)
+            out = attention(q, k, v, provider, softmax_scale=scaling, window_left=window)
         return out.to(dtype).contiguous(), None
 
     return forward, capture

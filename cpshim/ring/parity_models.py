@@ -45,7 +45,9 @@ def model(case: dict) -> Any:
 
 
 def uses_upstream_masks(case: dict) -> bool:
-    return case.get("model", "llama") != "llama"
+    """Sliding families attend through upstream's masks, except where a case says not (`upstream_masks`: False,
+    the benchmark, whose 16k-token masks would not fit: there the window is the model's `sliding_window`)."""
+    return case.get("upstream_masks", case.get("model", "llama") != "llama")
 
 
 def register_masks(key: str) -> None:

@@ -309,15 +309,24 @@ def test_cuda_provider_refuses_cpu_tensors_clearly():
 
 
 @pytest.mark.parametrize("varlen", [False, True])
-def test_cuda_provider_plumbing_against_aten_meta_kernels(varlen):
-    """Drive the aten ops' meta kernels: the calls bound from this torch's schema, output shapes, GQA included."""
+@pytest.mark.parametrize("left", [-1, 5])
+def test_cuda_provider_plumbing_against_aten_meta_kernels(varlen, left):
+    """Drive the aten ops' meta kernels: the calls bound from this torch's schema, output shapes, GQA included,
+    and a causal window (`window_size_left`, the sliding layers' halo path; torch < 2.4's op has none: refused)."""
+    from cpshim.ring import aten_calls
+
+    if left >= 0 and "window_size_left" not in {a.name for a in aten_calls.live(aten_calls.FORWARD).args}:
+        q = torch.empty(2, 16, 8, 64, device="meta", dtype=torch.bfloat16)
+        with pytest.raises(ProviderError, match="takes no window_size_left"):
+            cuda_mod._forward(q, q, q, None, None, 16, 16, True, 0.125, left)
+        return
     h, hk, d = 8, 2, 64
     mk = lambda *s: torch.empty(*s, device="meta", dtype=torch.bfloat16)  # noqa: E731
     if varlen:
         q, k, v = mk(40, h, d), mk(40, hk, d), mk(40, hk, d)
         cu = torch.tensor([0, 15, 40], dtype=torch.int32, device="meta")
         try:
-            out, lse, smask, rng = cuda_mod._forward(q, k, v, cu, cu, 25, 25, True, 0.125)
+            out, lse, smask, rng = cuda_mod._forward(q, k, v, cu, cu, 25, 25, True, 0.125, left)
         except IndexError as e:  # only the meta kernel's own limit, after the op parser accepted the call
             if not any("_meta_registrations" in f.filename for f in traceback.extract_tb(e.__traceback__)):
                 raise
@@ -326,12 +335,12 @@ def test_cuda_provider_plumbing_against_aten_meta_kernels(varlen):
     else:
         q, k, v = mk(2, 16, h, d), mk(2, 16, hk, d), mk(2, 16, hk, d)
         cu = None
-        out, lse, smask, rng = cuda_mod._forward(q, k, v, None, None, 16, 16, True, 0.125)
+        out, lse, smask, rng = cuda_mod._forward(q, k, v, None, None, 16, 16, True, 0.125, left)
         assert lse.shape == (2, h, 16)
     assert out.shape == q.shape and lse.dtype == torch.float32 and rng.dtype == torch.int64
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     cuda_mod._backward(out, q, k, v, out, lse, dq, dk, dv, cu, cu, 25 if varlen else 16, 25 if varlen else 16,
-                       True, 0.125)
+                       True, 0.125, left)
     assert dk.shape == k.shape and dv.shape == v.shape and dq.shape == q.shape
 
 
