@@ -94,7 +94,7 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
             max_len = int((cu[1:] - cu[:-1]).max())
             out = attention_varlen(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),
                                    v.reshape(b * s, *v.shape[2:]), cu, cu, max_len, max_len, provider,
-                                   softmax_scale=scaling, window_left=window).reshape(q.shape)
+                                   softmax_scale=scaling, window_left=window).reshape(*q.shape[:3], v.shape[-1])
         else:
             out = attention(q, k, v, provider, softmax_scale=scaling, window_left=window)
         return out.to(dtype).contiguous(), None

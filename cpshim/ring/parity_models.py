@@ -18,7 +18,7 @@ _SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
 
 
 def config(case: dict) -> Any:
-    """The case's model config: `model` (llama, mistral, gemma3, qwen2), `window` for the sliding ones,
+    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3), `window` for the sliding ones,
     `layer_types` for gemma3 and qwen2 (default sliding, full, sliding)."""
     import transformers
 
@@ -35,6 +35,11 @@ def config(case: dict) -> Any:
     if name == "qwen2":
         return transformers.Qwen2Config(**{**_SIZES, "num_hidden_layers": len(mixed)}, use_sliding_window=True,
                                         sliding_window=case["window"], layer_types=mixed)
+    if name == "deepseek_v3":  # MLA: q/k head dim 24 (16 + 8 rope), v head dim 8; dense MLPs only (MoE apart)
+        return transformers.DeepseekV3Config(**{**_SIZES, "num_key_value_heads": 4}, moe_intermediate_size=32,
+                                             n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
+                                             first_k_dense_replace=2, kv_lora_rank=16, q_lora_rank=32,
+                                             qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=8)
     raise ValueError(f"unknown parity model {name!r}")
 
 

@@ -92,9 +92,14 @@ def ring_forward(step: Any, module: Any, query: Any, key: Any, value: Any, dropo
             provider=sliding.provider(runtime.loaded.provider), scale=scaling)
     elif step.strategy == "varlen":
         cu_q, cu_k, max_q, max_k, local_k_slice = step.varlen
+        dv = v.shape[-1]
+        if dv != k.shape[-1]:  # MLA: llama3's all-gather takes k and v in one buffer shape; zero dims change nothing
+            width = max(dv, k.shape[-1])
+            common["softmax_scale"] = scaling if scaling is not None else q.shape[-1] ** -0.5
+            q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
         out = ring.llama3_flash_attn_varlen_func(
             q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, heads_k_stride=step.heads_k_stride,
-            local_k_slice=local_k_slice, **common).unsqueeze(0)
+            local_k_slice=local_k_slice, **common).unsqueeze(0)[..., :dv]
     elif step.strategy == "zigzag":
         out = ring.zigzag_ring_flash_attn_func(q, k, v, **common)
     else:

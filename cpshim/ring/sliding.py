@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..patches.accelerate_prepare_cp import SLIDING
-from . import sharding, tripwires
+from . import tripwires
 
 
 @dataclass(frozen=True)
@@ -102,10 +102,16 @@ def runs_of(positions: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _positions(global_len: int, rank: int, cp: int, strategy: str) -> list[int]:
+    from . import sharding  # imports torch: routing imports this module before any step
+
+    return sharding.shard_indices(global_len, rank, cp, strategy).tolist()
+
+
 def _owners(global_len: int, cp: int, strategy: str) -> tuple[list[int], list[int]]:
     rank_of, index_of = [0] * global_len, [0] * global_len
     for r in range(cp):
-        for i, p in enumerate(sharding.shard_indices(global_len, r, cp, strategy).tolist()):
+        for i, p in enumerate(_positions(global_len, r, cp, strategy)):
             rank_of[p], index_of[p] = r, i
     return rank_of, index_of
 
@@ -120,7 +126,7 @@ def plan(global_len: int, cp: int, rank: int, strategy: str, window: int, cu: tu
 
     def halo_positions(r: int) -> list[tuple[int, int, int, list[int]]]:
         out = []
-        for local, start, length in runs_of(sharding.shard_indices(global_len, r, cp, strategy).tolist()):
+        for local, start, length in runs_of(_positions(global_len, r, cp, strategy)):
             doc = starts[bisect_right(starts, start) - 1]
             first = max(doc, start - (window - 1))
             out.append((local, start, length, list(range(first, start))))

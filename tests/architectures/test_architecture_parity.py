@@ -1,10 +1,13 @@
-"""Sliding-window models under ring CP with a real Trainer on 2 gloo ranks equal one process.
+"""Model families under ring CP with a real Trainer on 2 gloo ranks equal one process, one per feature
+(all in one launch: each process pays the Trainer import once).
 
+Sliding windows:
 Qwen2 and Gemma 3 (layer_types: sliding and full layers, the window per layer) and Mistral (every layer
 sliding), on every strategy, windows shorter than a zigzag chunk, not dividing it, and longer than a shard, packed documents
 shorter than the window. The one process attends through transformers' own 4-D masks (`parity_models`), not
-the window ring mode reads. Same check and tolerances as the full-attention parity (`test_ring_parity`); the
-negative control (sliding layers without their halo) must fail it.
+the window ring mode reads. MLA: DeepSeek-V3 (q/k head dim 24, v head dim 8; llama3's varlen gather takes
+one buffer shape, so v is zero-padded to 24 there and the output cut back). Same check and tolerances as the
+full-attention parity (`test_ring_parity`); the negative control (sliding layers without their halo) must fail it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
     # its one process with fp32 attention: the bf16 reference is judged against it first (conditioning)
     {"id": "gemma3-zigzag-w8-fp32", "model": "gemma3", "window": 8, "strategy": "zigzag", **SEQ,
      "reference_dtype": "float32"},
+    {"id": "mla-deepseek_v3-zigzag-b2", "model": "deepseek_v3", "strategy": "zigzag", **SEQ, "batch": 2},
+    {"id": "mla-deepseek_v3-varlen-packed", "model": "deepseek_v3", "strategy": "varlen", **SEQ, "batch": 2,
+     "packed": True},
     {"id": "negative-no-halo", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ, "negative": "no-halo"},
 ]
 JUDGED = [c["id"] for c in CASES if not c.get("negative") and "reference_dtype" not in c]
@@ -41,11 +47,11 @@ JUDGED = [c["id"] for c in CASES if not c.get("negative") and "reference_dtype" 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return run_parity_pair("cpshim.ring.parity", CASES, str(tmp_path_factory.mktemp("sliding")))
+    return run_parity_pair("cpshim.ring.parity", CASES, str(tmp_path_factory.mktemp("architectures")))
 
 
 @pytest.mark.parametrize("case", JUDGED)
-def test_sliding_model_matches_one_process(results, case):
+def test_model_matches_one_process(results, case):
     from cpshim.ring.parity import compare
 
     if f"{case}-fp32" in results:
