@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 VOCAB = 96
-_SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-              attn_implementation="sdpa")
+_SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                              tie_word_embeddings=False, attn_implementation="sdpa")
 
 
 def config(case: dict) -> Any:

@@ -139,7 +139,7 @@ def plan(global_len: int, cp: int, rank: int, strategy: str, window: int, cu: tu
         runs.append(Run(local, start, length, len(need), at, cuts))
         slots.extend(need)
         at += len(need)
-    recv = {}
+    recv: dict[int, list[int]] = {}
     own: tuple[list[int], list[int]] = ([], [])
     for slot, p in enumerate(slots):
         if rank_of[p] == rank:
@@ -147,7 +147,7 @@ def plan(global_len: int, cp: int, rank: int, strategy: str, window: int, cu: tu
             own[1].append(index_of[p])
         else:
             recv.setdefault(rank_of[p], []).append(slot)
-    send = {}
+    send: dict[int, list[int]] = {}
     for dst in range(cp):
         if dst != rank:
             idx = [index_of[p] for *_, need in halo_positions(dst) for p in need if rank_of[p] == rank]
