@@ -8,6 +8,7 @@ Returns the step context that the Trainer wraps forward and backward in.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
@@ -53,11 +54,19 @@ def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
 
 def module_problems(model: Any) -> list[str]:
     """What the attention modules hold that the ring kernels do not compute: attention sinks (gpt-oss and
-    others pass them as `s_aux`, one more logit per head in each query's softmax)."""
-    sinks = sorted({type(m).__name__ for name, m in model.named_modules() if name.endswith("self_attn")
-                    and any("sink" in p for p, _ in m.named_parameters(recurse=False))})
-    return [f"{', '.join(sinks)} has attention sinks (s_aux), which the ring kernels do not add to the softmax: "
+    others pass them as `s_aux`, one more logit per head in each query's softmax). Once per model: the hook
+    asks every step, and the modules do not change."""
+    found = _MODULE_PROBLEMS.get(model)
+    if found is None:
+        sinks = sorted({type(m).__name__ for name, m in model.named_modules() if name.endswith("self_attn")
+                        and any("sink" in p for p, _ in m.named_parameters(recurse=False))})
+        found = _MODULE_PROBLEMS[model] = [
+            f"{', '.join(sinks)} has attention sinks (s_aux), which the ring kernels do not add to the softmax: "
             "train it without cpshim.enable()"] if sinks else []
+    return found
+
+
+_MODULE_PROBLEMS: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
 
 
 def check_model(model: Any, heads_k_stride: int) -> None:
