@@ -66,15 +66,17 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
         state["lead"] = (mask.to(torch.int64).cumsum(1) == 0).sum(1) if mask is not None and mask.dim() == 2 \
             else None
 
-    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, s_aux=None,
+                **kwargs):
         dtype = query.dtype
+        mods = dict(softcap=softcap, sinks=s_aux)
         q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))
         if getattr(attention_mask, "dtype", None) == torch.bool and attention_mask.dim() == 4:  # upstream's mask
             pos = state.get("position_ids")
             if pos is not None:  # documents apart, as for full attention (4.56 did not detect the packing here)
                 doc = (pos.reshape(q.shape[:2]) == 0).cumsum(-1)
                 attention_mask = attention_mask & (doc[:, None, :, None] == doc[:, None, None, :])
-            return masked_attention(q, k, v, attention_mask, scaling).to(dtype).contiguous(), None
+            return masked_attention(q, k, v, attention_mask, scaling, **mods).to(dtype).contiguous(), None
         window = int(kwargs["sliding_window"]) - 1 if kwargs.get("sliding_window") else -1  # the model's own
         pos, lead = state.get("position_ids"), state.get("lead")
         left_padded = lead is not None and bool(lead.any()) and q.shape[1] == k.shape[1]
@@ -94,9 +96,9 @@ def _reference_attention(ring_dtype: str = "bfloat16"):
             max_len = int((cu[1:] - cu[:-1]).max())
             out = attention_varlen(q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]),
                                    v.reshape(b * s, *v.shape[2:]), cu, cu, max_len, max_len, provider,
-                                   softmax_scale=scaling, window_left=window).reshape(*q.shape[:3], v.shape[-1])
+                                   softmax_scale=scaling, window_left=window, **mods).reshape(*q.shape[:3], v.shape[-1])
         else:
-            out = attention(q, k, v, provider, softmax_scale=scaling, window_left=window)
+            out = attention(q, k, v, provider, softmax_scale=scaling, window_left=window, **mods)
         return out.to(dtype).contiguous(), None
 
     return forward, capture
@@ -119,6 +121,19 @@ def _skip_kv_exchange() -> None:
 
     routing.ring_forward = local_only  # type: ignore[assignment]
     assert runtime.loaded is not None
+
+
+def _drop_argument(name: str) -> None:
+    """Negative control of a modifier: the ring runs without the layer's `softcap` or `s_aux` (sinks)."""
+    from . import routing
+
+    exact = routing.ring_forward
+
+    def without(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop(name, None)
+        return exact(*args, **kwargs)
+
+    routing.ring_forward = without  # type: ignore[assignment]
 
 
 def _skip_halo() -> None:
@@ -174,6 +189,8 @@ def run_case(case: dict, cp: int) -> dict:
         extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
         if case.get("negative") == "no-halo":
             _skip_halo()
+        elif case.get("negative") in ("no-softcap", "no-sinks"):
+            _drop_argument({"no-softcap": "softcap", "no-sinks": "s_aux"}[case["negative"]])
         elif case.get("negative"):
             _skip_kv_exchange()
     else:
@@ -251,8 +268,8 @@ def compare(reference: dict, ring: dict, loss_rtol: float, grad_rtol: float) -> 
     loss_err = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(reference["losses"], ring["losses"]))
     grad_err = {}
     for name, ref in reference["grads"].items():
-        got = ring["grads"][name]
-        grad_err[name] = float((got - ref).norm() / max(float(ref.norm()), 1e-12))
+        got = ring["grads"].get(name)  # absent: the ring run gave the tensor no gradient at all
+        grad_err[name] = 1.0 if got is None else float((got - ref).norm() / max(float(ref.norm()), 1e-12))
     worst = max(grad_err, key=lambda name: grad_err[name])
     ok = (len(reference["losses"]) == len(ring["losses"]) and loss_err <= loss_rtol
           and grad_err[worst] <= grad_rtol and all(math.isfinite(x) for x in ring["losses"]))

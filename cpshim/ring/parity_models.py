@@ -1,7 +1,9 @@
 """The tiny models of the parity runs, and the one-process attention that follows upstream's own masks.
 
 Llama (full attention) is the default; the sliding-window families run the halo exchange under CP.
-For those, the one-process side does not take the window from the model's `sliding_window` argument
+Gemma 2 (softcap) and gpt-oss (attention sinks) load eager attention, as their users on a CPU do (5.24
+supports no sdpa for either): ring mode routes it (`cpshim.ring.eager`). For the sliding families, the
+one-process side does not take the window from the model's `sliding_window` argument
 (the value ring mode reads): it registers sdpa's mask function for its key and attends through the
 4-D boolean mask transformers builds for each layer (causal, window, documents), so a window that
 ring mode read wrongly would show as a parity failure.
@@ -19,7 +21,7 @@ _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_siz
 
 def config(case: dict) -> Any:
     """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3), `window` for the sliding ones,
-    `layer_types` for gemma3 and qwen2 (default sliding, full, sliding)."""
+    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding)."""
     import transformers
 
     name = case.get("model", "llama")
@@ -32,6 +34,15 @@ def config(case: dict) -> Any:
         return transformers.Gemma3TextConfig(**{**_SIZES, "num_hidden_layers": len(mixed)}, head_dim=16,
                                              query_pre_attn_scalar=16, sliding_window=case["window"],
                                              layer_types=mixed)
+    if name == "gemma2":  # weights 5x the default scale: scores near 1, where a softcap of 1 bites
+        return transformers.Gemma2Config(**{**_SIZES, "num_hidden_layers": len(mixed), "attn_implementation": "eager"},
+                                         head_dim=16, query_pre_attn_scalar=16, sliding_window=case["window"],
+                                         layer_types=mixed, attn_logit_softcapping=case.get("softcap", 1.0),
+                                         initializer_range=case.get("init", 0.1))
+    if name == "gpt_oss":  # sinks, sliding and full layers, 4 experts (2 per token)
+        return transformers.GptOssConfig(**{**_SIZES, "num_hidden_layers": len(mixed), "attn_implementation": "eager"},
+                                         head_dim=16, sliding_window=case["window"], layer_types=mixed,
+                                         num_local_experts=4, num_experts_per_tok=2)
     if name == "qwen2":
         return transformers.Qwen2Config(**{**_SIZES, "num_hidden_layers": len(mixed)}, use_sliding_window=True,
                                         sliding_window=case["window"], layer_types=mixed)
@@ -44,9 +55,15 @@ def config(case: dict) -> Any:
 
 
 def model(case: dict) -> Any:
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config(case))
+    built = AutoModelForCausalLM.from_config(config(case))
+    with torch.no_grad():  # gpt-oss initialises sinks near 0; sinks of ~2 weigh in every query's softmax
+        for name, p in built.named_parameters():
+            if name.endswith("self_attn.sinks"):
+                p.normal_(2.0, 1.0)
+    return built
 
 
 def uses_upstream_masks(case: dict) -> bool:
@@ -62,9 +79,11 @@ def register_masks(key: str) -> None:
     AttentionMaskInterface.register(key, sdpa_mask)
 
 
-def masked_attention(q: Any, k: Any, v: Any, mask: Any, scaling: float | None) -> Any:
+def masked_attention(q: Any, k: Any, v: Any, mask: Any, scaling: float | None, softcap: float | None = None,
+                     sinks: Any = None) -> Any:
     """q (b, s, h, d), k/v (b, s, hk, d*) in the compute dtype, mask (b or 1, 1, s, s) bool: scores and softmax
-    in fp32 as the kernel providers compute them, output in the compute dtype."""
+    in fp32 as the kernel providers compute them, output in the compute dtype. Softcap and sinks as the eager
+    functions of Gemma 2 and gpt-oss write them (tanh of the scaled scores; the sink a last softmax column)."""
     import torch
 
     h, hk = q.shape[2], k.shape[2]
@@ -72,6 +91,12 @@ def masked_attention(q: Any, k: Any, v: Any, mask: Any, scaling: float | None) -
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
     kf, vf = kf.repeat_interleave(h // hk, dim=1), vf.repeat_interleave(h // hk, dim=1)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no key (padding) gives 0
+    if sinks is not None:
+        sink = sinks.float().reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1].nan_to_num(0.0)
+    else:
+        probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no key (padding) gives 0
     return torch.matmul(probs, vf).transpose(1, 2).to(q.dtype)

@@ -67,42 +67,42 @@ def _refuse(what: str) -> None:
 
 
 def ring_forward(step: Any, module: Any, query: Any, key: Any, value: Any, dropout: float = 0.0,
-                 scaling: float | None = None, sliding_window: Any = None, softcap: Any = None, **kwargs: Any):
+                 scaling: float | None = None, sliding_window: Any = None, softcap: Any = None, s_aux: Any = None,
+                 **kwargs: Any):
     import torch
+
+    from . import ring_calls
+    from .providers import REFERENCE
 
     name = next((n for n, m in step.expected.items() if m is module), type(module).__name__)
     tripwires.check_local_length(step, query.shape[2], name)
     if dropout and getattr(module, "training", False):
         _refuse(f"attention dropout {dropout}")
     window = sliding.checked_window(step, module, name, sliding_window)
-    if softcap:
-        _refuse(f"softcap={softcap}")
-    if kwargs.get("s_aux") is not None:
-        _refuse("attention sinks (s_aux)")
+    if softcap and runtime.loaded.provider != REFERENCE:
+        _refuse(f"softcap={softcap} in {name} with the {runtime.loaded.provider} kernels (ring-flash-attn 0.1.8 "
+                "passes softcap=0 to flash_attn, and aten's flash kernels have none): ring mode computes softcap "
+                "with cpshim's reference provider")
+    if s_aux is not None and tuple(s_aux.shape) != (query.shape[1],):
+        _refuse(f"attention sinks of shape {tuple(s_aux.shape)} in {name} (one logit per query head expected)")
     if getattr(module, "is_causal", True) is False:
         _refuse(f"non-causal attention in {name}")
     ring = runtime.loaded.module
     dtype = query.dtype
     compute = getattr(torch, step.ring_dtype) if dtype not in (torch.bfloat16, torch.float16) else dtype
     q, k, v = (t.transpose(1, 2).to(compute) for t in (query, key, value))  # (b, s, h, d)
-    common = dict(dropout_p=0.0, softmax_scale=scaling, causal=True, group=step.group)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    mods = dict(softcap=float(softcap or 0.0), sinks=s_aux)
     if window is not None and window < step.global_len:  # else the window holds the whole sequence: the ring
         out = sliding.attention(q, k, v, window=window, plan_=sliding.plan(
             step.global_len, step.cp, step.rank, step.strategy, window, step.cu), group=step.group,
-            provider=sliding.provider(runtime.loaded.provider), scale=scaling)
-    elif step.strategy == "varlen":
-        cu_q, cu_k, max_q, max_k, local_k_slice = step.varlen
-        dv = v.shape[-1]
-        if dv != k.shape[-1]:  # MLA: llama3's all-gather takes k and v in one buffer shape; zero dims change nothing
-            width = max(dv, k.shape[-1])
-            common["softmax_scale"] = scaling if scaling is not None else q.shape[-1] ** -0.5
-            q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
-        out = ring.llama3_flash_attn_varlen_func(
-            q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, heads_k_stride=step.heads_k_stride,
-            local_k_slice=local_k_slice, **common).unsqueeze(0)[..., :dv]
-    elif step.strategy == "zigzag":
-        out = ring.zigzag_ring_flash_attn_func(q, k, v, **common)
+            provider=sliding.provider(runtime.loaded.provider), scale=scale, **mods)
     else:
-        out = ring.ring_flash_attn_func(q, k, v, **common)
+        dv = v.shape[-1]
+        if step.strategy == "varlen" and dv != k.shape[-1]:
+            # MLA: llama3's all-gather takes k and v in one buffer shape; zero dims change nothing
+            width = max(dv, k.shape[-1])
+            q, k, v = (torch.nn.functional.pad(t, (0, width - t.shape[-1])) for t in (q, k, v))
+        out = ring_calls.run(ring, step, q, k, v, scale, **mods)[..., :dv]
     step.ran.add(id(module))
     return out.to(dtype).contiguous(), None

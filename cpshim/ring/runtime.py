@@ -93,8 +93,15 @@ def current_step() -> Any:
 
 
 def set_step(step: Any) -> None:
+    from . import eager
+
     previous = getattr(_local, "step", None)
     _local.step = step
+    if previous is not step:  # eager attention reads "sdpa" (routed) only while its step is current
+        if previous is not None:
+            eager.restore(getattr(previous, "eager", ()))
+        if step is not None:
+            eager.route(getattr(step, "eager", ()))
     if previous is None and step is not None:
         with _lock:
             ROUTING.enter()

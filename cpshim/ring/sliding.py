@@ -220,8 +220,9 @@ def _halo_function() -> Any:
 
 
 def attention(q: Any, k: Any, v: Any, *, window: int, plan_: Plan, group: Any, provider: Any,
-              scale: float | None) -> Any:
-    """Sliding-window attention of this rank's shard: q (b, s_local, h, d), k/v (b, s_local, hk, d*)."""
+              scale: float | None, softcap: float = 0.0, sinks: Any = None) -> Any:
+    """Sliding-window attention of this rank's shard: q (b, s_local, h, d), k/v (b, s_local, hk, d*). Each
+    query is in one run, so a run's softmax is the query's whole softmax: softcap and sinks apply per run."""
     import torch
 
     from .providers.autograd import attention as dense
@@ -235,7 +236,8 @@ def attention(q: Any, k: Any, v: Any, *, window: int, plan_: Plan, group: Any, p
         keys = torch.cat([kv[:, run.at:run.at + run.halo], torch.cat([k[:, rows], v[:, rows]], dim=-1)], dim=1)
         kk, vv = keys[..., :dk], keys[..., dk:]
         if not run.cuts:
-            outs.append(dense(q[:, rows], kk, vv, provider, softmax_scale=scale, window_left=window - 1))
+            outs.append(dense(q[:, rows], kk, vv, provider, softmax_scale=scale, window_left=window - 1,
+                              softcap=softcap, sinks=sinks))
             continue
         bounds_q = [0, *run.cuts, run.length]  # varlen: the stream is one row
         bounds_k = [0] + [c + run.halo for c in bounds_q[1:]]
@@ -244,5 +246,6 @@ def attention(q: Any, k: Any, v: Any, *, window: int, plan_: Plan, group: Any, p
         max_q = max(b - a for a, b in zip(bounds_q, bounds_q[1:]))
         max_k = max(b - a for a, b in zip(bounds_k, bounds_k[1:]))
         outs.append(attention_varlen(q[0, rows], kk[0], vv[0], cu_q, cu_k, max_q, max_k, provider,
-                                     softmax_scale=scale, window_left=window - 1).unsqueeze(0))
+                                     softmax_scale=scale, window_left=window - 1, softcap=softcap,
+                                     sinks=sinks).unsqueeze(0))
     return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]

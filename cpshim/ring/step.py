@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import eager
+
 
 class Step:
     def __init__(self, *, cp: int, rank: int, group: Any, strategy: str, local_len: int, global_len: int,
@@ -16,6 +18,7 @@ class Step:
         self.windows: dict[int, Any] = {}  # id(attention module) -> its sliding window from the config, or None
         # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn").
         self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
+        self.eager = eager.configs(self.expected.values())  # routed to the ring while this step is current
         self.ran: set[int] = set()
         self.model = model
         self.evaluating = False  # an eval step (prediction_step, under no_grad): outputs made CP-replicated

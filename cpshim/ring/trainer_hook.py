@@ -8,7 +8,6 @@ Returns the step context that the Trainer wraps forward and backward in.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
@@ -16,7 +15,7 @@ from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention
 from . import layout, runtime, sharding, tripwires
 from .step import Step
 
-_REFUSED_ATTENTION = ("eager", "flex_attention")
+_REFUSED_ATTENTION = ("flex_attention",)
 
 
 def _fail(reason: str) -> CpshimRuntimeError:
@@ -29,22 +28,30 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
+def config_problems(config: Any, heads_k_stride: int = 1, provider: str | None = None) -> list[str]:
     """What ring attention over the whole sequence would compute wrongly for a model of this config (the
-    refusals of `check_model`, also answered by `cpshim check --model` without building the model)."""
+    refusals of `check_model`, also answered by `cpshim check --model` without building the model). `provider`:
+    the kernel provider ring-flash-attn is bound to (None: not known yet)."""
     out = []
     impl = getattr(config, "_attn_implementation", None)
     if impl in _REFUSED_ATTENTION:
         out.append(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
-                   "load the model with attn_implementation='sdpa' or 'flash_attention_2'")
+                   "load the model with attn_implementation='sdpa', 'eager' or 'flash_attention_2'")
     bad = [t for t in non_full_attention_layers(config) if t not in RING_LAYER_TYPES]
     if bad:
         out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: ring mode computes "
                    f"only {' and '.join(RING_LAYER_TYPES)} layers exactly")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("attention_dropout", "attn_logit_softcapping"):
-        if getattr(text, name, None):
-            out.append(f"config.{name}={getattr(text, name)!r} is not supported by the ring kernels: set it to 0/None")
+    if getattr(text, "attention_dropout", None):
+        out.append(f"config.attention_dropout={text.attention_dropout!r} is not supported by the ring kernels "
+                   "(ring-flash-attn cannot replay dropout across ring steps): set it to 0")
+    cap = getattr(text, "attn_logit_softcapping", None)
+    if cap and provider is not None and provider != _reference():
+        out.append(f"config.attn_logit_softcapping={cap!r} is computed only by cpshim's reference kernels, and ring "
+                   f"mode runs the {provider} kernels here (ring-flash-attn 0.1.8 passes softcap=0 to flash_attn; "
+                   "aten's flash kernels have no softcap)")
+    if getattr(config, "output_attentions", False):
+        out.append("config.output_attentions=True: the ring forms no attention weights; set it to False")
     kv_heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", None)
     if kv_heads and kv_heads % heads_k_stride:
         out.append(f"heads_k_stride={heads_k_stride} does not divide the model's {kv_heads} kv heads: "
@@ -52,21 +59,10 @@ def config_problems(config: Any, heads_k_stride: int = 1) -> list[str]:
     return out
 
 
-def module_problems(model: Any) -> list[str]:
-    """What the attention modules hold that the ring kernels do not compute: attention sinks (gpt-oss and
-    others pass them as `s_aux`, one more logit per head in each query's softmax). Once per model: the hook
-    asks every step, and the modules do not change."""
-    found = _MODULE_PROBLEMS.get(model)
-    if found is None:
-        sinks = sorted({type(m).__name__ for name, m in model.named_modules() if name.endswith("self_attn")
-                        and any("sink" in p for p, _ in m.named_parameters(recurse=False))})
-        found = _MODULE_PROBLEMS[model] = [
-            f"{', '.join(sinks)} has attention sinks (s_aux), which the ring kernels do not add to the softmax: "
-            "train it without cpshim.enable()"] if sinks else []
-    return found
+def _reference() -> str:
+    from .providers import REFERENCE  # the providers import torch: only once a model is there
 
-
-_MODULE_PROBLEMS: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+    return REFERENCE
 
 
 def check_model(model: Any, heads_k_stride: int) -> None:
@@ -74,7 +70,7 @@ def check_model(model: Any, heads_k_stride: int) -> None:
     config = getattr(model, "config", None)
     if config is None or isinstance(config, dict):
         raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
-    problems = config_problems(config, heads_k_stride) + module_problems(model)
+    problems = config_problems(config, heads_k_stride, runtime.loaded.provider if runtime.loaded else None)
     if problems:
         raise _fail(problems[0])
 
@@ -206,6 +202,8 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     generation = not isinstance(inputs, dict)  # the raw batch of a trainer that generates in the step
     if not generation and (inputs.get("past_key_values") is not None or inputs.get("use_cache")):
         raise _fail("KV cache / generate on sharded inputs is not supported: pass use_cache=False")
+    if not generation and inputs.get("output_attentions"):
+        raise _fail("output_attentions=True on a sharded step: the ring forms no attention weights; drop it")
     settings = runtime.settings
     runtime.ensure_loaded()
     hf_model = _unwrap(model)

@@ -1,13 +1,17 @@
 """Model families under ring CP with a real Trainer on 2 gloo ranks equal one process, one per feature
 (all in one launch: each process pays the Trainer import once).
 
-Sliding windows:
-Qwen2 and Gemma 3 (layer_types: sliding and full layers, the window per layer) and Mistral (every layer
-sliding), on every strategy, windows shorter than a zigzag chunk, not dividing it, and longer than a shard, packed documents
-shorter than the window. The one process attends through transformers' own 4-D masks (`parity_models`), not
-the window ring mode reads. MLA: DeepSeek-V3 (q/k head dim 24, v head dim 8; llama3's varlen gather takes
-one buffer shape, so v is zero-padded to 24 there and the output cut back). Same check and tolerances as the
-full-attention parity (`test_ring_parity`); the negative control (sliding layers without their halo) must fail it.
+- Sliding windows: Qwen2 and Gemma 3 (layer_types: sliding and full layers, the window per layer) and Mistral
+  (every layer sliding), on every strategy; windows shorter than a zigzag chunk, not dividing it, and longer
+  than a shard; packed documents shorter than the window. The one process attends through transformers' own
+  4-D masks (`parity_models`), not the window ring mode reads.
+- MLA: DeepSeek-V3 (q/k head dim 24, v head dim 8; llama3's varlen gather takes one buffer shape, so v is
+  zero-padded to 24 there and the output cut back).
+- Softcap: Gemma 2 (softcap 1 on scores near 1), eager attention. Sinks: gpt-oss (sinks ~ N(2, 1), sliding and
+  full layers, experts), eager attention.
+
+Same check and tolerances as the full-attention parity (`test_ring_parity`). The negative controls (sliding
+layers without their halo, the ring without the layer's softcap, without its sinks) must fail it.
 """
 
 from __future__ import annotations
@@ -40,8 +44,21 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
     {"id": "mla-deepseek_v3-zigzag-b2", "model": "deepseek_v3", "strategy": "zigzag", **SEQ, "batch": 2},
     {"id": "mla-deepseek_v3-varlen-packed", "model": "deepseek_v3", "strategy": "varlen", **SEQ, "batch": 2,
      "packed": True},
+    # eager attention (routed during sharded steps): Gemma 2's softcap, gpt-oss's sinks (with its experts)
+    {"id": "softcap-gemma2-zigzag-w8", "model": "gemma2", "window": 8, "strategy": "zigzag", **SEQ},
+    {"id": "softcap-gemma2-varlen-packed-w20", "model": "gemma2", "window": 20, "strategy": "varlen", **SEQ,
+     "batch": 2, "packed": True},
+    {"id": "sinks-gpt_oss-contiguous-b2-w20", "model": "gpt_oss", "window": 20, "strategy": "contiguous", **SEQ,
+     "batch": 2},
+    {"id": "sinks-gpt_oss-varlen-packed-w8", "model": "gpt_oss", "window": 8, "strategy": "varlen", **SEQ,
+     "batch": 2, "packed": True},
     {"id": "negative-no-halo", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ, "negative": "no-halo"},
+    {"id": "negative-no-softcap", "model": "gemma2", "window": 8, "strategy": "zigzag", **SEQ,
+     "negative": "no-softcap"},
+    {"id": "negative-no-sinks", "model": "gpt_oss", "window": 20, "strategy": "contiguous", **SEQ, "batch": 2,
+     "negative": "no-sinks"},
 ]
+NEGATIVES = [c["id"] for c in CASES if c.get("negative")]
 JUDGED = [c["id"] for c in CASES if not c.get("negative") and "reference_dtype" not in c]
 
 
@@ -67,9 +84,11 @@ def test_model_matches_one_process(results, case):
     assert verdict["ok"], verdict
 
 
-def test_negative_control_fails_the_same_check(results):
+@pytest.mark.parametrize("case", NEGATIVES)
+def test_negative_control_fails_the_same_check(results, case):
+    """The sliding layers without their halo, the ring without the layer's softcap, or without its sinks."""
     from cpshim.ring.parity import compare
 
-    verdict = compare(*results["negative-no-halo"], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
-    print("negative", verdict)
-    assert not verdict["ok"], f"sliding layers without their halo passed the parity check: {verdict}"
+    verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    print(case, verdict)
+    assert not verdict["ok"], f"{case} passed the parity check: {verdict}"

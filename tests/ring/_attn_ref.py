@@ -62,3 +62,25 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     """||x - ref|| / ||ref|| in fp32."""
     x, ref = x.float(), ref.float()
     return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def eager_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, window_left: int = -1,
+               softcap: float = 0.0, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention as transformers' eager functions write it (Gemma 2's softcap, gpt-oss's sinks): scores
+    scaled, softcapped (cap * tanh(x / cap)), masked; the sink a last column of the softmax, dropped after it.
+    q (b, sq, h, d), k/v (b, sk, hk, d*); differentiable in q, k, v and sinks."""
+    h, hk = q.shape[2], k.shape[2]
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    kr, vr = k.repeat_interleave(h // hk, dim=2), v.repeat_interleave(h // hk, dim=2)
+    qf, kf, vf = (t.transpose(1, 2) for t in (q, kr, vr))
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    mask = bottom_right_mask(q.shape[1], k.shape[1], q.device, window_left)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    if sinks is not None:
+        sink = sinks.reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs.nan_to_num(0.0), vf).transpose(1, 2)

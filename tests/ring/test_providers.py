@@ -26,7 +26,7 @@ from cpshim.ring.providers import cuda as cuda_mod
 from cpshim.ring.providers import reference as ref_mod
 from cpshim.ring.providers.autograd import attention, attention_varlen
 
-from ._attn_ref import sdpa_math, sdpa_math_varlen
+from ._attn_ref import eager_math, sdpa_math, sdpa_math_varlen
 
 P = reference_provider()
 ND = inspect.Parameter.empty
@@ -228,6 +228,71 @@ def test_reference_varlen_sliding_window_matches_sdpa_math(docs, window):
         assert (got - want).abs().max().item() <= _tol(want)
 
 
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 2), sq=st.integers(1, 40), extra=st.integers(0, 20), g=st.sampled_from([1, 2]),
+       window=st.integers(-1, 30), cap=st.sampled_from([0.0, 1.0, 5.0, 50.0]), sink=st.sampled_from([None, 0.0, 3.0]),
+       block=st.sampled_from([4, 16, 128]))
+def test_reference_softcap_and_sinks_match_eager_math_fp32(b, sq, extra, g, window, cap, sink, block):
+    """Softcap in the kernels (flash-attn's: cap * tanh(scores / cap) before the masks) and sinks merged into the
+    output and lse (`cpshim.ring.sinks`), against the eager formula: outputs and the gradients of q, k, v and the
+    sinks. Scores are scaled up so that small caps bite."""
+    ref_mod.BLOCK_ROWS, saved = block, ref_mod.BLOCK_ROWS
+    try:
+        torch.manual_seed(sq * 17 + extra * 5 + window)
+        sk, h, d = sq + extra, 2 * g, 8
+        q = (3 * torch.randn(b, sq, h, d)).requires_grad_()
+        k = torch.randn(b, sk, 2, d, requires_grad=True)
+        v = torch.randn(b, sk, 2, 4, requires_grad=True)
+        sinks = None if sink is None else (sink + torch.randn(h)).requires_grad_()
+        out = attention(q, k, v, P, window_left=window, softcap=cap, sinks=sinks)
+        ref = eager_math(q, k, v, window_left=window, softcap=cap, sinks=sinks)
+        leaves = (q, k, v) + ((sinks,) if sinks is not None else ())
+        gout = torch.randn_like(out)
+        for got, want in zip((out, *torch.autograd.grad(out, leaves, gout)),
+                             (ref, *torch.autograd.grad(ref, leaves, gout))):
+            assert (got - want).abs().max().item() <= _tol(want)
+    finally:
+        ref_mod.BLOCK_ROWS = saved
+
+
+@settings(max_examples=20, deadline=None)
+@given(docs=st.lists(st.integers(1, 12), min_size=1, max_size=4), cap=st.sampled_from([0.0, 2.0]),
+       window=st.integers(-1, 6))
+def test_reference_varlen_softcap_and_sinks_match_eager_math(docs, cap, window):
+    cu = torch.tensor([0] + torch.tensor(docs).cumsum(0).tolist(), dtype=torch.int32)
+    torch.manual_seed(len(docs) * 11 + window)
+    q = (3 * torch.randn(int(cu[-1]), 4, 8)).requires_grad_()
+    k = torch.randn(int(cu[-1]), 2, 8, requires_grad=True)
+    v = torch.randn(int(cu[-1]), 2, 8, requires_grad=True)
+    sinks = torch.randn(4).requires_grad_()
+    out = attention_varlen(q, k, v, cu, cu, max(docs), max(docs), P, window_left=window, softcap=cap, sinks=sinks)
+    c = cu.tolist()
+    ref = torch.cat([eager_math(q[a:e][None], k[a:e][None], v[a:e][None], window_left=window, softcap=cap,
+                                sinks=sinks)[0] for a, e in zip(c, c[1:])])
+    gout = torch.randn_like(out)
+    for got, want in zip((out, *torch.autograd.grad(out, (q, k, v, sinks), gout)),
+                         (ref, *torch.autograd.grad(ref, (q, k, v, sinks), gout))):
+        assert (got - want).abs().max().item() <= _tol(want)
+
+
+def test_layer_softcap_reaches_the_kernels_only_inside_its_scope():
+    """ring-flash-attn passes softcap=0.0: the layer's softcap comes from `layer_softcap`, and only while it is held."""
+    from cpshim.ring.providers.softcap import layer_softcap
+
+    torch.manual_seed(0)
+    q = 3 * torch.randn(1, 12, 2, 8)
+    base = dict(q=q, k=q, v=q, dropout_p=0.0, softmax_scale=None, causal=True, window_size_left=-1,
+                window_size_right=-1, softcap=0.0, alibi_slopes=None, return_softmax=False)
+    with layer_softcap(2.0):
+        capped = P.forward(**base)[0]
+    plain = P.forward(**base)[0]
+    torch.testing.assert_close(capped, eager_math(q, q, q, softcap=2.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain, eager_math(q, q, q), rtol=0, atol=1e-5)
+    assert (capped - plain).abs().max() > 1e-2
+    with layer_softcap(2.0), pytest.raises(UnsupportedAttentionError, match="softcap"):
+        cuda_mod._flash_attn_forward(**base)
+
+
 def test_reference_bf16_writes_input_dtype_and_stays_close():
     torch.manual_seed(3)
     q, k, v = (torch.randn(1, 64, 4, 32, dtype=torch.bfloat16) for _ in range(3))
@@ -257,7 +322,7 @@ def test_backward_writes_into_strided_views_only():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(dropout_p=0.1), dict(softcap=30.0), dict(alibi_slopes=torch.ones(4)), dict(window_size_left=4, causal=False),
+    dict(dropout_p=0.1), dict(alibi_slopes=torch.ones(4)), dict(window_size_left=4, causal=False),
     dict(window_size_left=-1, window_size_right=3, causal=False), dict(return_softmax=True),
 ])
 def test_unsupported_arguments_raise(kwargs):

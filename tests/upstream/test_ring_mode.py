@@ -43,11 +43,67 @@ def _prepare(trainer, model, batch):
     return trainer._prepare_context_parallel_inputs(model, dict(batch))
 
 
-@pytest.mark.parametrize("impl", ["eager", "flex_attention"])
-def test_unroutable_attention_is_refused(trainer, ring, batch, impl):
-    trainer.model.config._attn_implementation = impl
-    with pytest.raises(cpshim.CpshimRuntimeError, match=f"attn_implementation='{impl}'"):
+def test_unroutable_attention_is_refused(trainer, ring, batch):
+    trainer.model.config._attn_implementation = "flex_attention"
+    with pytest.raises(cpshim.CpshimRuntimeError, match="attn_implementation='flex_attention'"):
         _prepare(trainer, trainer.model, batch)
+
+
+def test_eager_attention_passes_the_model_checks_and_attention_weights_are_refused(trainer, ring, batch):
+    trainer.model.config._attn_implementation = "eager"
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, trainer.model, batch)
+    with pytest.raises(cpshim.CpshimRuntimeError, match="output_attentions=True"):
+        _prepare(trainer, trainer.model, {**batch, "output_attentions": True})
+    trainer.model.config.output_attentions = True
+    try:
+        with pytest.raises(cpshim.CpshimRuntimeError, match="config.output_attentions=True"):
+            _prepare(trainer, trainer.model, batch)
+    finally:
+        trainer.model.config.output_attentions = False
+
+
+def test_eager_configs_read_sdpa_only_while_their_step_is_current(ring):
+    """`cpshim.ring.eager`: the step's eager configs are routed while it is current, through nested steps (the
+    backbone's) and back, and read "eager" again inside generation and after the step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from cpshim.ring import runtime
+    from cpshim.ring.step import Step
+
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, attn_implementation="eager")
+    model, other = LlamaForCausalLM(LlamaConfig(**sizes)), LlamaForCausalLM(LlamaConfig(**sizes))
+
+    def step(m):
+        return Step(cp=2, rank=0, group=None, strategy="zigzag", local_len=4, global_len=8, padding=0,
+                    heads_k_stride=1, ring_dtype="bfloat16", model=m)
+
+    outer = step(model)
+    runtime.set_step(outer)
+    try:
+        assert model.config._attn_implementation == "sdpa"
+        inner = step(model)  # built while the outer step routes the same config
+        runtime.set_step(inner)
+        assert inner.eager == outer.eager and model.config._attn_implementation == "sdpa"
+        with runtime.generating():
+            assert model.config._attn_implementation == "eager"
+        assert model.config._attn_implementation == "sdpa"
+        runtime.set_step(step(other))
+        assert (model.config._attn_implementation, other.config._attn_implementation) == ("eager", "sdpa")
+    finally:
+        runtime.set_step(None)
+    assert (model.config._attn_implementation, other.config._attn_implementation) == ("eager", "eager")
+
+
+def test_softcap_needs_the_reference_kernels():
+    from transformers import Gemma2Config
+
+    from cpshim.ring.trainer_hook import config_problems
+
+    assert config_problems(Gemma2Config(), 1, "reference") == []
+    [problem] = config_problems(Gemma2Config(), 1, "torch_cuda")
+    assert "attn_logit_softcapping=50.0" in problem and "torch_cuda" in problem
 
 
 def test_sliding_window_model_passes_the_model_checks(trainer, ring, batch):

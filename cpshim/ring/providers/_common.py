@@ -1,7 +1,8 @@
 """Argument checks shared by the providers.
 
 flash-attn 2.8 accepts dropout, softcap, alibi and sliding windows; ring-flash-attn passes them
-through. Our providers implement none of them, so they refuse loudly instead of ignoring them.
+through, except softcap (see `softcap`). Our providers implement causal left windows and (the
+reference provider) softcap; the rest they refuse loudly instead of ignoring it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def check_supported(
     causal: bool,
     seqlen_k: int | None = None,
     return_softmax: Any = False,
+    softcap_ok: bool = False,
 ) -> int:
     """Raise UnsupportedAttentionError for features the providers do not implement; return the
     left window (-1: unlimited).
@@ -55,8 +57,10 @@ def check_supported(
         )
     if return_softmax:
         raise UnsupportedAttentionError("return_softmax is only supported with dropout_p > 0 (flash-attn 2.8)")
-    if softcap not in (None, 0, 0.0):
-        raise UnsupportedAttentionError(f"attention softcap={softcap} is not supported by cpshim's providers")
+    if softcap not in (None, 0, 0.0) and not softcap_ok:
+        raise UnsupportedAttentionError(
+            f"attention softcap={softcap} is not supported by this kernel provider (aten's flash kernels have no "
+            "softcap): ring mode computes softcap with cpshim's reference provider (CPU)")
     if alibi_slopes is not None:
         raise UnsupportedAttentionError("alibi_slopes are not supported by cpshim's kernel providers")
     left = -1 if window_size_left is None else int(window_size_left)

@@ -19,6 +19,7 @@ import torch
 from .. import aten_calls
 from ..errors import ProviderError
 from ._common import check_supported, pack_lse, pad_lse, resolve_scale, round_multiple, varlen_softmax_d
+from .softcap import effective_softcap
 
 NAME = "torch_cuda"
 # None until the first GQA call; then whether aten took fewer kv heads than query heads natively.
@@ -131,7 +132,7 @@ def _flash_attn_forward(
     alibi_slopes: Optional[torch.Tensor],
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    left = check_supported(dropout_p=dropout_p, softcap=effective_softcap(softcap), alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
     _check_device(q)
@@ -164,7 +165,7 @@ def _flash_attn_varlen_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if block_table is not None or leftpad_k is not None or seqused_k is not None:
         raise ProviderError("block_table / leftpad_k / seqused_k (KV cache) are not supported")
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    left = check_supported(dropout_p=dropout_p, softcap=effective_softcap(softcap), alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
     _check_device(q)
@@ -199,7 +200,7 @@ def _flash_attn_backward(
     deterministic: bool,
     rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    left = check_supported(dropout_p=dropout_p, softcap=effective_softcap(softcap), alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=k.shape[1])
     _check_device(q)
@@ -238,7 +239,7 @@ def _flash_attn_varlen_backward(
     rng_state: Optional[torch.Tensor] = None,
     zero_tensors: bool = False,
 ) -> torch.Tensor:
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    left = check_supported(dropout_p=dropout_p, softcap=effective_softcap(softcap), alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=max_seqlen_k)
     _check_device(q)

@@ -5,8 +5,10 @@ signatures, so names, order and defaults mirror flash_attn/flash_attn_interface.
 do the returns: forward -> (out, softmax_lse, S_dmask, rng_state) with lse fp32 (b, h, s_q)
 (varlen: (h, total_q)); backward writes dq/dk/dv in place and returns softmax_d. Causal masks are
 bottom-right aligned as in flash-attn >= 2.1, and so is a causal window to the left (keys
-diagonal - window_size_left .. diagonal). Math runs in fp32 (fp64 for fp64 input) over blocks of
-queries so that memory stays O(block x s_k) (with a window, O(block x (block + window))).
+diagonal - window_size_left .. diagonal). Softcap is flash-attn's: scaled scores become
+cap * tanh(scores / cap) before the masks, and the backward multiplies by 1 - tanh^2. Math runs in
+fp32 (fp64 for fp64 input) over blocks of queries so that memory stays O(block x s_k) (with a
+window, O(block x (block + window))).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from ..errors import UnsupportedAttentionError
 from ._common import check_supported, resolve_scale, round_multiple, varlen_softmax_d
+from .softcap import effective_softcap
 
 NAME = "reference"
 # Query rows per block. A fixed row count (not a byte budget) keeps the score-sized temporaries
@@ -61,11 +64,16 @@ def _key_range(i0: int, i1: int, offset: int, sk: int, causal: bool, left: int) 
     return lo, hi
 
 
-def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left):
-    """Scaled scores (b, hk, g, rows, hi - lo) against keys [lo, hi); the bottom-right causal mask on
-    the diagonal band, and the window's edge (keys before diagonal - left) when there is one."""
+def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap=0.0):
+    """Scaled scores (b, hk, g, rows, hi - lo) against keys [lo, hi), softcapped when cap > 0; the
+    bottom-right causal mask on the diagonal band, and the window's edge (keys before diagonal - left)
+    when there is one. Returns (scores, tanh of the capped scores or None)."""
     b, hk = qb.shape[:2]
     s = torch.matmul(qb, kh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
+    t = None
+    if cap:
+        t = s.div_(cap).tanh_()
+        s = t.mul(cap)
     rows = torch.arange(i0, i1, device=s.device).unsqueeze(1) + offset
     cols = torch.arange(lo, hi, device=s.device).unsqueeze(0)
     if left >= 0:
@@ -74,7 +82,7 @@ def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left):
         c0 = max(lo, i0 + offset + 1)  # columns < c0 are visible to every row of the block
         if c0 < hi:
             s[..., c0 - lo:].masked_fill_(cols[:, c0 - lo:] > rows, float("-inf"))
-    return s
+    return s, t
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: int) -> None:
@@ -84,7 +92,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dims: int) 
         raise ValueError(f"kv heads ({k.shape[-2]}) must divide query heads ({q.shape[-2]})")
 
 
-def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1):
+def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1, cap: float = 0.0):
     """One batch of equal-length sequences; returns (out in q.dtype, lse fp32 (b, h, s_q))."""
     b, sq, h, _ = q.shape
     sk, hk, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -100,7 +108,7 @@ def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1):
         lo, hi = _key_range(i0, i1, offset, sk, causal, left)
         if hi == lo:
             continue  # every row fully masked: out 0, lse +inf (flash-attn's convention)
-        p = _scores(_block(qh, i0, i1), kh, g, i0, i1, lo, hi, offset, causal, left)
+        p, _ = _scores(_block(qh, i0, i1), kh, g, i0, i1, lo, hi, offset, causal, left, cap)
         m = p.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p.sub_(m).exp_()
@@ -113,7 +121,8 @@ def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1):
     return out.view(b, sq, h, dv), lse.view(b, h, sq)
 
 
-def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: bool, left: int = -1):
+def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: bool, left: int = -1,
+                    cap: float = 0.0):
     """Writes dq/dk/dv (overwriting) and returns delta = rowsum(dout * out), fp32 (b, h, s_q)."""
     b, sq, h, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
@@ -136,10 +145,12 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
             dq[:, i0:i1].zero_()
             continue
         qb, dob = _block(qh, i0, i1), _block(doh, i0, i1)
-        p = _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left)
+        p, t = _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap)
         p.sub_(lse_h[..., i0:i1, None]).exp_()  # lse +inf (empty row) -> p = 0
         ds = torch.matmul(dob, vh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
         ds.sub_(delta[..., i0:i1, None]).mul_(p)
+        if t is not None:  # d(cap * tanh(x / cap)) / dx
+            ds.mul_(t.square_().neg_().add_(1.0))
         p2, ds2 = p.view(b, hk, rows, hi - lo), ds.view(b, hk, rows, hi - lo)
         dq_blk = torch.matmul(ds2, kh[:, :, lo:hi]).mul_(scale).view(b, hk, g, i1 - i0, d).permute(0, 3, 1, 2, 4)
         if dq_v is not None:
@@ -167,11 +178,12 @@ def _flash_attn_forward(
     return_softmax: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, 4)
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    cap = effective_softcap(softcap)
+    left = check_supported(dropout_p=dropout_p, softcap=cap, softcap_ok=True, alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=k.shape[1], return_softmax=return_softmax)
     with torch.no_grad():
-        out, lse = _dense_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left)
+        out, lse = _dense_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left, cap)
     s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
     rng_state = torch.zeros((2,), dtype=torch.int64, device=q.device)
     return out, lse, s_dmask, rng_state
@@ -200,7 +212,8 @@ def _flash_attn_varlen_forward(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_shapes(q, k, v, 3)
     _check_varlen_extras(block_table, leftpad_k, seqused_k)
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    cap = effective_softcap(softcap)
+    left = check_supported(dropout_p=dropout_p, softcap=cap, softcap_ok=True, alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=max_seqlen_k, return_softmax=return_softmax)
     scale = resolve_scale(softmax_scale, q.shape[-1])
@@ -212,7 +225,7 @@ def _flash_attn_varlen_forward(
             if cq[i + 1] == cq[i]:
                 continue
             o, lse_i = _dense_forward(q[cq[i]:cq[i + 1]].unsqueeze(0), k[ck[i]:ck[i + 1]].unsqueeze(0),
-                                      v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal), left)
+                                      v[ck[i]:ck[i + 1]].unsqueeze(0), scale, bool(causal), left, cap)
             out[cq[i]:cq[i + 1]] = o[0]
             lse[:, cq[i]:cq[i + 1]] = lse_i[0]
     s_dmask = torch.empty((0,), dtype=q.dtype, device=q.device)
@@ -246,7 +259,8 @@ def _flash_attn_backward(
     rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     _check_shapes(q, k, v, 4)
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    cap = effective_softcap(softcap)
+    left = check_supported(dropout_p=dropout_p, softcap=cap, softcap_ok=True, alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=k.shape[1])
     dq, dk, dv = _buffers(q, k, v, dq, dk, dv)
@@ -254,7 +268,7 @@ def _flash_attn_backward(
     softmax_d = torch.zeros((b, h, round_multiple(sq, 128)), dtype=torch.float32, device=q.device)
     with torch.no_grad():
         delta = _dense_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv,
-                                resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left)
+                                resolve_scale(softmax_scale, q.shape[-1]), bool(causal), left, cap)
         softmax_d[..., :sq] = delta
     return softmax_d
 
@@ -285,7 +299,8 @@ def _flash_attn_varlen_backward(
     zero_tensors: bool = False,
 ) -> torch.Tensor:
     _check_shapes(q, k, v, 3)
-    left = check_supported(dropout_p=dropout_p, softcap=softcap, alibi_slopes=alibi_slopes,
+    cap = effective_softcap(softcap)
+    left = check_supported(dropout_p=dropout_p, softcap=cap, softcap_ok=True, alibi_slopes=alibi_slopes,
                            window_size_left=window_size_left, window_size_right=window_size_right,
                            causal=causal, seqlen_k=max_seqlen_k)
     if softmax_lse.dim() != 2:
@@ -307,7 +322,7 @@ def _flash_attn_varlen_backward(
             delta = _dense_backward(dout[qs].unsqueeze(0), q[qs].unsqueeze(0), k[ks].unsqueeze(0),
                                     v[ks].unsqueeze(0), out[qs].unsqueeze(0), softmax_lse[:, qs].unsqueeze(0),
                                     dq[qs].unsqueeze(0), dk[ks].unsqueeze(0), dv[ks].unsqueeze(0),
-                                    scale, bool(causal), left)
+                                    scale, bool(causal), left, cap)
             delta_all[:, qs] = delta[0]
     return varlen_softmax_d(delta_all, cu_seqlens_q)
 
