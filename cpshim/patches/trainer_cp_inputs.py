@@ -34,9 +34,14 @@ def _ring(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dict]
     from ..ring import trainer_hook
 
     trainer_hook.check_tensor_batch(trainer, inputs)
-    if not isinstance(inputs, dict) or (inputs.get("labels") is None and inputs.get("shift_labels") is None):
+    from ..ring.vlm import modality_keys
+
+    if not isinstance(inputs, dict) or (inputs.get("labels") is None and inputs.get("shift_labels") is None) \
+            or modality_keys(inputs):
         # a label-less batch goes on as the trainer built it: its backbone calls are sharded one by one (KTO's KL
-        # call is longer than the position_ids upstream would build; TRL < 1.8's KTO batch has no input_ids)
+        # call is longer than the position_ids upstream would build; TRL < 1.8's KTO batch has no input_ids). A
+        # vision-language batch too: upstream's 2-D position_ids would replace the rope positions the model
+        # computes from the row (cpshim.ring.vlm builds the shifted labels)
         return trainer_hook.prepare(call, trainer, model, inputs)
     return trainer_hook.prepare(call, trainer, model, prepare_full_length(call, trainer, model, inputs))
 

@@ -59,7 +59,10 @@ def verdict(config: Any, heads_k_stride: int = 1) -> tuple[int, list[str]]:
     if getattr(text, "attn_logit_softcapping", None):
         lines.append(f"  attention logit softcap {text.attn_logit_softcapping}: computed by cpshim's reference kernels "
                      "(CPU); refused with CUDA kernels (ring-flash-attn 0.1.8 passes softcap=0 to flash_attn)")
-    if getattr(config, "vision_config", None) is not None or getattr(config, "audio_config", None) is not None:
-        lines.append("  batches with images, video or audio (pixel_values*, input_features, ...) are refused by "
-                     "name; text-only batches run")
+    if getattr(config, "vision_config", None) is not None:
+        lines.append("  image and video batches with labels: the vision tower runs unsharded and the text decoder "
+                     "(get_decoder()) is sharded at its entry, rope positions computed from the whole row "
+                     "(zigzag/contiguous; varlen, packed position_ids and label-less trainers refused)")
+    elif getattr(config, "audio_config", None) is not None:
+        lines.append("  batches with audio (input_features, ...) are refused by name; text-only batches run")
     return 0, lines

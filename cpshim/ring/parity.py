@@ -14,6 +14,7 @@ import os
 import tempfile
 from typing import Any
 
+from . import parity_vlm
 from .parity_models import VOCAB, masked_attention, register_masks, uses_upstream_masks
 from .parity_models import config as _case_config
 from .parity_models import model as _model
@@ -30,6 +31,8 @@ def dataset(case: dict) -> list[dict]:
     """A copy task: the second half repeats the first, so the loss needs attention across shards."""
     import torch
 
+    if case.get("model") in parity_vlm.MODELS:
+        return parity_vlm.rows(case, VOCAB)
     g = torch.Generator().manual_seed(case.get("seed", 1234))
     n = case["batch"] * case["steps"] * case.get("grad_accum", 1) * case.get("dp", 1)
     half = case["seq_len"] // 2
@@ -179,9 +182,9 @@ def run_case(case: dict, cp: int) -> dict:
     torch.manual_seed(0)
     model = _model(case)
     extra: dict[str, Any] = {}
-    from . import routing, sliding
+    from . import routing, sliding, vlm
 
-    ring_forward, plan = routing.ring_forward, sliding.plan
+    ring_forward, plan, entry = routing.ring_forward, sliding.plan, vlm._entry_hook
     if cp > 1:
         from accelerate import ParallelismConfig
 
@@ -189,6 +192,8 @@ def run_case(case: dict, cp: int) -> dict:
         extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
         if case.get("negative") == "no-halo":
             _skip_halo()
+        elif case.get("negative") == "positions-per-shard":
+            parity_vlm.positions_per_shard()
         elif case.get("negative") in ("no-softcap", "no-sinks"):
             _drop_argument({"no-softcap": "softcap", "no-sinks": "s_aux"}[case["negative"]])
         elif case.get("negative"):
@@ -200,7 +205,7 @@ def run_case(case: dict, cp: int) -> dict:
         AttentionInterface.register(REFERENCE_KEY, forward)
         if uses_upstream_masks(case):
             register_masks(REFERENCE_KEY)
-        model.config._attn_implementation = REFERENCE_KEY
+        model.config.get_text_config()._attn_implementation = REFERENCE_KEY  # a VLM's tower keeps sdpa
         model.register_forward_pre_hook(capture, with_kwargs=True)
     recorder = _Recorder()
     args = TrainingArguments(
@@ -218,7 +223,9 @@ def run_case(case: dict, cp: int) -> dict:
     data_case = case
     if case.get("rank_seeded"):  # a broken dataloader: each rank of the CP group gets other rows
         data_case = {**case, "seed": 1234 + rank}
+    extra_trainer = {"data_collator": parity_vlm.collator(model)} if case.get("model") in parity_vlm.MODELS else {}
     trainer = Trainer(model=model, args=args, train_dataset=dataset(data_case), callbacks=[recorder.callback],
+                      **extra_trainer,
                       compute_metrics=_token_accuracy if case.get("eval") else None)
     try:
         if case.get("rank_seeded"):
@@ -239,11 +246,11 @@ def run_case(case: dict, cp: int) -> dict:
             torch.manual_seed(123)  # a different init: everything must come from the checkpoint
             again = Trainer(model=_model(case), args=args, train_dataset=dataset(case))
             if cp == 1:
-                again.model.config._attn_implementation = REFERENCE_KEY
+                again.model.config.get_text_config()._attn_implementation = REFERENCE_KEY
             again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
-        routing.ring_forward, sliding.plan = ring_forward, plan
+        routing.ring_forward, sliding.plan, vlm._entry_hook = ring_forward, plan, entry
     return result
 
 

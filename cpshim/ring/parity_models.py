@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import parity_vlm
+
 VOCAB = 96
 _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -21,10 +23,13 @@ _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_siz
 
 def config(case: dict) -> Any:
     """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3), `window` for the sliding ones,
-    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding)."""
+    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding); the vision-language
+    models of `parity_vlm`."""
     import transformers
 
     name = case.get("model", "llama")
+    if name in parity_vlm.MODELS:
+        return parity_vlm.config(case, _SIZES)
     if name == "llama":
         return transformers.LlamaConfig(**_SIZES)
     if name == "mistral":  # every layer sliding, the window from config.sliding_window
@@ -58,6 +63,8 @@ def model(case: dict) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    if case.get("model") in parity_vlm.MODELS:
+        return parity_vlm.model(case, _SIZES)
     built = AutoModelForCausalLM.from_config(config(case))
     with torch.no_grad():  # gpt-oss initialises sinks near 0; sinks of ~2 weigh in every query's softmax
         for name, p in built.named_parameters():

@@ -55,7 +55,7 @@ def _ring_attention(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any):
         step = runtime.current_step()
-        if step is None:  # looked up during a step, called after it
+        if step is None or id(module) in step.outside:  # called after its step; a vision tower's attention
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         return ring_forward(step, module, query, key, value, *args, **kwargs)
 

@@ -24,3 +24,8 @@ class Step:
         self.evaluating = False  # an eval step (prediction_step, under no_grad): outputs made CP-replicated
         self.unshard_shape: tuple[int, int] | None = None  # eval: (batch, length) to restore logits to
         self.replicated = False  # a backbone step: what the trainer computes after it is the same on every rank
+        # A vision-language step (`cpshim.ring.vlm`): the model the Trainer calls, the ids of its modules outside
+        # the text decoder (their attention is upstream's), and (decoder, pre-hook sharding its arguments).
+        self.root: Any = model
+        self.outside: frozenset[int] = frozenset()
+        self.entry: Any = None

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
 from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention_layers
-from . import layout, runtime, sharding, tripwires
+from . import layout, runtime, sharding, tripwires, vlm
 from .step import Step
 
 _REFUSED_ATTENTION = ("flex_attention",)
@@ -75,14 +75,14 @@ def check_model(model: Any, heads_k_stride: int) -> None:
         raise _fail(problems[0])
 
 
-def check_loss_path(trainer: Any) -> None:
+def check_loss_path(trainer: Any, vision: bool = False) -> None:
     """Loss paths that shift labels inside a shard would drop or misalign targets."""
     if getattr(trainer, "label_smoother", None) is not None:
         raise _fail("label_smoothing_factor > 0 shifts labels inside each shard: set it to 0")
     if getattr(trainer, "compute_loss_func", None) is not None:
         raise _fail("a custom compute_loss_func receives sharded labels without shift_labels: remove it, or "
                     "compute the loss from inputs['shift_labels']")
-    if getattr(trainer, "model_accepts_loss_kwargs", True) is False:
+    if getattr(trainer, "model_accepts_loss_kwargs", True) is False and not vision:  # vlm passes the count
         raise _fail("the model takes no loss kwargs, so it cannot use the full-length shift_labels "
                     "(it would shift labels inside each shard)")
 
@@ -141,20 +141,17 @@ def _is_eval_step() -> bool:
     return not torch.is_grad_enabled()
 
 
-#: Batch keys of another modality than text: the model runs a tower over them (its own attention, over
-#: patches or frames, not the text sequence) and places the result at placeholder tokens of the row.
-_MODALITY_PREFIXES = ("pixel_values", "input_features", "audio_values", "image_embeds", "video_embeds")
-
-
 def check_text_only(inputs: dict) -> None:
-    """A vision-language (or audio) batch: its placeholder tokens would be split over the ranks, each rank's
-    shard holding some of an image's tokens but the tower's output for the whole image, and the tower's own
-    attention would reach the ring's routing. Refused by name before anything is sharded."""
-    found = sorted(k for k in inputs if k.startswith(_MODALITY_PREFIXES) and inputs[k] is not None)
+    """A label-less vision-language (or audio) batch (a preference or reward trainer's): its backbone path
+    shards the whole model's input, so an image's placeholder tokens would be split over the ranks while each
+    rank holds the tower's output for the whole image. Refused by name (labelled batches: `cpshim.ring.vlm`)."""
+    from .vlm import modality_keys
+
+    found = modality_keys(inputs)
     if found:
-        raise _fail(f"the batch carries {', '.join(found)}: vision-language and audio batches are not supported "
-                    "by ring CP yet (the tower must run unsharded and the sequence be sharded after its output is "
-                    "placed). Train on text-only batches with cpshim.enable(), or without CP")
+        raise _fail(f"the batch carries {', '.join(found)} and no labels: vision-language and audio batches of "
+                    "label-less trainers (preference, reward) are not supported by ring CP yet. Train on text-only "
+                    "batches with cpshim.enable(), or without CP")
 
 
 def check_documents(inputs: dict, strategy: str) -> None:
@@ -211,22 +208,33 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     check_model(hf_model, settings["heads_k_stride"])
     check_counters(trainer)
     strategy = settings["strategy"]
+    labelless = generation or (inputs.get("labels") is None and inputs.get("shift_labels") is None)
+    vision = not generation and bool(vlm.modality_keys(inputs))
     if not generation:
-        check_text_only(inputs)
+        if labelless:
+            check_text_only(inputs)
+        elif vision:
+            vlm.check(hf_model, inputs, strategy)
         check_documents(inputs, strategy)
     check_compile(trainer)
-    labelless = generation or (inputs.get("labels") is None and inputs.get("shift_labels") is None)
     if labelless:
         from . import backbone
 
         backbone.check_trainer(trainer)
     else:
-        check_loss_path(trainer)
+        check_loss_path(trainer, vision)
     group, rank, cp = _cp_group(trainer)
     runtime.note_group(cp)
     if labelless:
         models = backbone.backbones(trainer, model)
         return (lambda: backbone.sharded(trainer, models, group, rank, cp, not evaluating)), inputs
+    if vision:
+        _check_mask(inputs.get("attention_mask"))
+        if settings["check_batches"] and inputs.get("input_ids") is not None:
+            tripwires.check_same_batch(inputs["input_ids"], group, rank)
+        shape = next(inputs[k] for k in ("labels", "shift_labels") if inputs.get(k) is not None).shape[:2]
+        step, inputs = vlm.shard_labels(trainer, hf_model, inputs, strategy, cp, rank, group, settings)
+        return _finish(step, trainer, hf_model, evaluating, inputs, tuple(shape))
     inputs = dict(inputs)
     mask = inputs.get("attention_mask")
     _check_mask(mask)
@@ -245,6 +253,12 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
         tripwires.check_same_batch(ids, group, rank)
     step = layout.shard_keys(inputs, layout.seq_keys(inputs, batch, length), strategy, cp, rank, _PAD).step(
         group, settings, hf_model)
+    return _finish(step, trainer, hf_model, evaluating, inputs, (batch, length))
+
+
+def _finish(step: Step, trainer: Any, hf_model: Any, evaluating: bool, inputs: dict,
+            shape: tuple[int, int]) -> tuple[Any, dict]:
+    """Arm the tripwires, say what an eval step returns ((batch, length) rows), and hand over the step context."""
     if not evaluating:
         tripwires.arm(hf_model)
     step.evaluating = evaluating
@@ -252,7 +266,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
         getattr(trainer, "compute_metrics", None) is not None
         or getattr(trainer, "preprocess_logits_for_metrics", None) is not None
         or not getattr(trainer.args, "prediction_loss_only", False))
-    step.unshard_shape = (batch, length) if needs_logits else None
+    step.unshard_shape = shape if needs_logits else None
     return (lambda: step_context(step)), inputs
 
 
@@ -284,11 +298,13 @@ def step_context(step: Step) -> Iterator[Step]:
     """Forward and backward of one sharded step; the tripwires run when it ends cleanly."""
     previous = runtime.current_step()
     runtime.set_step(step)
-    handle = step.model.register_forward_hook(_eval_outputs(step)) if step.evaluating else None
+    handles = [step.root.register_forward_hook(_eval_outputs(step))] if step.evaluating else []
+    if step.entry is not None:
+        handles.append(step.entry[0].register_forward_pre_hook(step.entry[1], with_kwargs=True))
     try:
         yield step
     finally:
         runtime.set_step(previous)
-        if handle is not None:
+        for handle in handles:
             handle.remove()
     tripwires.check_all_ran(step)

@@ -32,9 +32,10 @@ def check_local_length(step: Step, seq_len: int, module_name: str) -> None:
         raise TripwireError(
             f"cpshim ring mode: attention in {module_name} got {seq_len} tokens, but the Trainer hook produced "
             f"{step.local_len} per rank. Either {module_name} attends over something other than the text "
-            "sequence (a vision or audio tower called from the model's forward: ring CP does not support it "
-            "yet; train without cpshim.enable()), or something sharded the batch again (1/cp^2 of the tokens, "
-            "axolotl #3498: remove the other sequence-parallel sharding when cpshim.enable() is on)"
+            "sequence (a tower of a model cpshim does not see as a vision-language model: it shards those at "
+            "their `get_decoder()` and leaves the rest unsharded; train it without cpshim.enable()), or something "
+            "sharded the batch again (1/cp^2 of the tokens, axolotl #3498: remove the other sequence-parallel "
+            "sharding when cpshim.enable() is on)"
         )
 
 

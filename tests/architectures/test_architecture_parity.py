@@ -9,9 +9,13 @@
   zero-padded to 24 there and the output cut back).
 - Softcap: Gemma 2 (softcap 1 on scores near 1), eager attention. Sinks: gpt-oss (sinks ~ N(2, 1), sliding and
   full layers, experts), eager attention.
+- Vision-language, an image in every row (`parity_vlm`): Qwen2-VL, Qwen2.5-VL (window attention in the tower,
+  `accepts_loss_kwargs = False`), Qwen3-VL (deepstack features, transformers >= 4.57). Every tensor is compared,
+  the towers' too.
 
 Same check and tolerances as the full-attention parity (`test_ring_parity`). The negative controls (sliding
-layers without their halo, the ring without the layer's softcap, without its sinks) must fail it.
+layers without their halo, the ring without the layer's softcap, without its sinks, the decoder counting its
+own positions per shard) must fail it.
 """
 
 from __future__ import annotations
@@ -52,9 +56,17 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
      "batch": 2},
     {"id": "sinks-gpt_oss-varlen-packed-w8", "model": "gpt_oss", "window": 8, "strategy": "varlen", **SEQ,
      "batch": 2, "packed": True},
+    # vision-language: the tower unsharded, the decoder sharded at its entry (mrope positions from the whole row)
+    {"id": "vlm-qwen2_vl-zigzag-b2", "model": "qwen2_vl", "strategy": "zigzag", **SEQ, "batch": 2},
+    {"id": "vlm-qwen2_5_vl-contiguous-b2", "model": "qwen2_5_vl", "strategy": "contiguous", **SEQ, "batch": 2,
+     "eval": True},
+    *([{"id": "vlm-qwen3_vl-zigzag-b2", "model": "qwen3_vl", "strategy": "zigzag", **SEQ, "batch": 2}]
+      if importlib.util.find_spec("transformers.models.qwen3_vl") else []),  # transformers >= 4.57
     {"id": "negative-no-halo", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ, "negative": "no-halo"},
     {"id": "negative-no-softcap", "model": "gemma2", "window": 8, "strategy": "zigzag", **SEQ,
      "negative": "no-softcap"},
+    {"id": "negative-positions-per-shard", "model": "qwen2_vl", "strategy": "zigzag", **SEQ, "batch": 2,
+     "negative": "positions-per-shard"},
     {"id": "negative-no-sinks", "model": "gpt_oss", "window": 20, "strategy": "contiguous", **SEQ, "batch": 2,
      "negative": "no-sinks"},
 ]
@@ -82,6 +94,14 @@ def test_model_matches_one_process(results, case):
     verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
     print(case, verdict)
     assert verdict["ok"], verdict
+
+
+def test_vision_language_eval_matches_one_process(results):
+    """`evaluate()` on image batches: the loss, and next-token accuracy from the full-length logits."""
+    ref, ring = (r["eval"] for r in results["vlm-qwen2_5_vl-contiguous-b2"])
+    print("eval", ref, ring)
+    assert abs(ring["loss"] - ref["loss"]) <= LOSS_RTOL * abs(ref["loss"])
+    assert ring["logit_tokens"] == ref["logit_tokens"] == SEQ["seq_len"] and ring["accuracy"] == ref["accuracy"]
 
 
 @pytest.mark.parametrize("case", NEGATIVES)

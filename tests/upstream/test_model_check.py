@@ -14,7 +14,7 @@ from cpshim import cli
     ("gemma3_text", 0, "sliding-window layers by a halo exchange"),
     ("mistral", 0, "sliding-window layers by a halo exchange"),
     ("gpt_oss", 0, "sliding-window layers by a halo exchange"),
-    ("qwen2_vl", 0, "batches with images"),
+    ("qwen2_vl", 0, "the vision tower runs unsharded and the text decoder"),
     ("vit", 1, "not a causal language model"),
 ])
 def test_model_types_get_the_hooks_verdict(capsys, model_type, code, says):

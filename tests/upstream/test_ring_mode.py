@@ -49,6 +49,28 @@ def test_unroutable_attention_is_refused(trainer, ring, batch):
         _prepare(trainer, trainer.model, batch)
 
 
+def test_vision_language_batches_pass_the_checks_or_name_what_is_missing(trainer, ring, batch):
+    """Qwen2-VL with an image batch passes the checks (in one process the CP group check stops it); packed rows
+    (position_ids) and the varlen strategy are refused by name."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from cpshim.ring import parity_models, runtime
+
+    model = AutoModelForImageTextToText.from_config(parity_models.config({"model": "qwen2_vl"}))
+    image = {**batch, "pixel_values": torch.zeros(64, 24), "image_grid_thw": torch.tensor([[1, 8, 8]] * 2)}
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, model, image)
+    with pytest.raises(cpshim.CpshimRuntimeError, match="vision-language batch with position_ids"):
+        _prepare(trainer, model, {**image, "position_ids": torch.arange(16).expand(2, 16)})
+    runtime.settings["strategy"] = "varlen"
+    try:
+        with pytest.raises(cpshim.CpshimRuntimeError, match="'varlen' \\(packed rows\\) is not supported"):
+            _prepare(trainer, model, image)
+    finally:
+        runtime.settings["strategy"] = "zigzag"
+
+
 def test_eager_attention_passes_the_model_checks_and_attention_weights_are_refused(trainer, ring, batch):
     trainer.model.config._attn_implementation = "eager"
     with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
@@ -154,13 +176,15 @@ def test_generation_batch_is_refused(trainer, ring):
 
 
 @pytest.mark.parametrize("key", ["pixel_values", "pixel_values_videos", "input_features"])
-def test_vision_and_audio_batches_are_refused_by_name(trainer, ring, batch, key):
-    """Qwen2-VL's processor adds pixel_values (and image_grid_thw): refused before sharding, naming the key,
-    rather than tripping over the vision tower's attention (which used to say "sharded the batch again")."""
+def test_vision_and_audio_batches_ring_mode_cannot_shard_are_refused_by_name(trainer, ring, batch, key):
+    """A modality batch for a model without a text decoder to shard at (this Llama), or without labels (the
+    backbone path of preference trainers): refused before sharding, naming the key."""
     import torch
 
-    with pytest.raises(cpshim.CpshimRuntimeError, match=f"{key}: vision-language and audio batches"):
+    with pytest.raises(cpshim.CpshimRuntimeError, match=f"carries {key}, and LlamaForCausalLM has no text decoder"):
         _prepare(trainer, trainer.model, {**batch, key: torch.zeros(4, 8)})
+    with pytest.raises(cpshim.CpshimRuntimeError, match=f"carries {key} and no labels"):
+        _prepare(trainer, trainer.model, {"input_ids": batch["input_ids"], key: torch.zeros(4, 8)})
     text_only = {**batch, "pixel_values": None}  # a collator's empty slot is not an image
     with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
         _prepare(trainer, trainer.model, text_only)
