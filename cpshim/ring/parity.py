@@ -244,9 +244,10 @@ def run_case(case: dict, cp: int) -> dict:
             result["eval"] = {k: metrics.get(f"eval_{k}") for k in ("loss", "accuracy", "logit_tokens")}
         if case.get("resume"):  # a fresh Trainer resumes from step 2 and must reproduce steps 3..
             torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-            again = Trainer(model=_model(case), args=args, train_dataset=dataset(case))
+            fresh = _model(case)
             if cp == 1:
-                again.model.config.get_text_config()._attn_implementation = REFERENCE_KEY
+                fresh.config.get_text_config()._attn_implementation = REFERENCE_KEY
+            again = Trainer(model=fresh, args=args, train_dataset=dataset(case))
             again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
