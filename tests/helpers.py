@@ -54,6 +54,23 @@ def run_ranks(code: str, world: int, env: dict[str, str] | None = None, timeout:
         raise AssertionError(str(e)) from e
 
 
+def rank_json(tmp_path_factory, worker: str, worlds: tuple[int, ...] = (2, 4), timeout: int = 600) -> dict:
+    """{world: [each rank's JSON]}: `worker`'s main(out_dir) launched on each world size over gloo."""
+    import importlib.util
+    import json
+
+    import pytest
+
+    if importlib.util.find_spec("ring_flash_attn") is None:
+        pytest.skip("ring-flash-attn not installed")
+    out = {}
+    for world in worlds:
+        path = tmp_path_factory.mktemp(f"{worker.rsplit('.', 1)[-1]}{world}")
+        run_ranks(f"from {worker} import main; main({str(path)!r})", world, timeout=timeout)
+        out[world] = [json.loads((path / f"rank{r}.json").read_text()) for r in range(world)]
+    return out
+
+
 def run_parity_pair(worker: str, cases: list[dict], out: str, timeout: int = 900) -> dict:
     """`worker.main_worker(cases, out, cp)` once in one process and once as two ring ranks; returns
     {case id: (the one-process result, rank 0's ring result)} from the files the worker saved."""

@@ -9,26 +9,18 @@ every gradient, the sinks' included): the modifiers add one fp32 merge per query
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.helpers import run_ranks
+from tests.helpers import rank_json
 
 TOL = {"out": 2e-2, "dq": 3e-2, "dk": 3e-2, "dv": 3e-2, "dsinks": 3e-2}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    if importlib.util.find_spec("ring_flash_attn") is None:
-        pytest.skip("ring-flash-attn not installed")
-    out = {}
-    for world in (2, 4):
-        path = tmp_path_factory.mktemp(f"modifiers{world}")
-        run_ranks(f"from tests.ring._modifiers_worker import main; main({str(path)!r})", world, timeout=600)
-        out[world] = [json.loads((path / f"rank{r}.json").read_text()) for r in range(world)]
-    return out
+    return rank_json(tmp_path_factory, "tests.ring._modifiers_worker")
 
 
 def _passes(per_rank: list[dict]) -> bool:

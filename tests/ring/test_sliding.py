@@ -10,14 +10,13 @@ sent back and added (a few extra roundings of 2^-9 on those rows).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import run_ranks
+from tests.helpers import rank_json
 
 TOL = 5e-3
 
@@ -74,14 +73,7 @@ def test_plan_gives_each_query_exactly_its_window(cp, strategy, chunk, window, d
 
 @pytest.fixture(scope="module")
 def sliding_results(tmp_path_factory):
-    if importlib.util.find_spec("ring_flash_attn") is None:
-        pytest.skip("ring-flash-attn not installed")
-    out = {}
-    for world in (2, 4):
-        path = tmp_path_factory.mktemp(f"sliding{world}")
-        run_ranks(f"from tests.ring._sliding_worker import main; main({str(path)!r})", world, timeout=600)
-        out[world] = [json.loads((path / f"rank{r}.json").read_text()) for r in range(world)]
-    return out
+    return rank_json(tmp_path_factory, "tests.ring._sliding_worker")
 
 
 def _passes(per_rank: list[dict]) -> bool:
