@@ -271,6 +271,17 @@ def latest(session: nox.Session) -> None:
     session.log(f"latest: {pair}: {verdict}; result {status}" + "".join(f"\n  {n}" for n in notes))
 
 
+@nox.session(python=PYTHON)
+def architectures(session: nox.Session) -> None:
+    """The architecture table on the newest cell: every model type of its transformers trained under ring CP=2
+    beside one process (long: not in `ci`). `-- --types a,b` reclassifies some types into the table."""
+    cell = max((c for c in CELLS if c["torch"] == TORCH and c["suite"] == "full"),
+               key=lambda c: [tuple(int(x) for x in c[d].split(".")) for d in ("transformers", "accelerate")])
+    _install_cpu(session, f"transformers=={cell['transformers']}", f"accelerate=={cell['accelerate']}",
+                 f"ring-flash-attn=={RING}", *cell["pins"])
+    session.run("python", "compat_matrix/architectures.py", *session.posargs, env=_env(session))
+
+
 GPU_PROBE = """
 import json, os, sys
 out = {"python": sys.executable, "version": "%d.%d" % sys.version_info[:2]}

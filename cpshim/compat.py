@@ -7,6 +7,7 @@ transformers or accelerate.
     import cpshim.compat
     cpshim.compat.cells()                       # the tested cells, oldest first
     cpshim.compat.supported(transformers="5.10.4", accelerate="1.13.0")
+    cpshim.compat.architecture("gemma3_text")  # a row of compat_matrix/ARCHITECTURES.md
 
 A downstream noxfile can run its own sessions over cpshim's matrix::
 
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Cell", "Support", "cells", "load", "supported"]
+__all__ = ["Architecture", "Cell", "Support", "architecture", "cells", "load", "supported"]
 
 _PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data", "matrix.json")
 _DATA: dict[str, Any] | None = None
@@ -195,3 +196,42 @@ def supported(transformers: str, accelerate: str, torch: str | None = None) -> S
                               "`nox -s latest` or your own tests before relying on it"),)
     return Support(transformers, accelerate, verdict, support_word, selected, same_code_as=same,
                    reasons=reasons, notes=notes)
+
+
+_ARCHITECTURES = os.path.join(os.path.dirname(_PATH), "architectures.json")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model type's row of the architecture table (compat_matrix/ARCHITECTURES.md, written from runs on
+    `transformers`): `exact` (ring CP=2 matched one process), `refused` (ring mode refuses it: `reason`),
+    `not built` (no tiny model: `reason`), or `unknown` (not in the table)."""
+
+    model_type: str
+    verdict: str
+    transformers: str | None
+    reason: str = ""
+    features: tuple[str, ...] = ()
+    figures: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.verdict == "exact"
+
+
+def architecture(model_type: str) -> Architecture:
+    """What the architecture table says of `model_type` (a transformers `model_type`, e.g. "gemma3_text")."""
+    try:
+        with open(_ARCHITECTURES, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        data = {}
+    version = data.get("transformers")
+    row = data.get("types", {}).get(model_type)
+    if row is None:
+        return Architecture(model_type, "unknown", version, reason=(
+            f"{model_type!r} is not in the architecture table (transformers {version}): ring mode decides from "
+            f"the model's config when it runs (`cpshim check --model {model_type}`), and refuses layer types it "
+            "does not know"))
+    return Architecture(model_type, row["verdict"], version, row.get("reason", ""), tuple(row.get("features", ())),
+                        row.get("figures", {}))

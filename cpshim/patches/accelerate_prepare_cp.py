@@ -27,6 +27,12 @@ SLIDING = "sliding_attention"
 RING_LAYER_TYPES = ("full_attention", SLIDING)
 
 
+def text_config(config: Any) -> Any:
+    """The config of the text a causal LM outputs: its decoder's (MusicGen holds a text encoder and a decoder,
+    where a bare `get_text_config()` raises for the ambiguity)."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def non_full_attention_layers(model_or_config: Any) -> list[str]:
     """Layer types that ring attention over the whole sequence would compute wrongly (a model or its config).
 
@@ -36,7 +42,7 @@ def non_full_attention_layers(model_or_config: Any) -> list[str]:
     config = getattr(model_or_config, "config", model_or_config)
     if config is None or isinstance(config, dict):
         return []
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     layer_types = getattr(text, "layer_types", None)
     if layer_types:
         return sorted({t for t in layer_types if t != "full_attention"})

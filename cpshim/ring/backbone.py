@@ -134,6 +134,7 @@ class _Calls:
         lay = layout.shard_keys(kw, layout.seq_keys(kw, batch, length), strategy, self.cp, self.rank, {})
         step = lay.step(self.group, settings, module)
         step.replicated = True
+        step.watching = tripwires.watch(step)
         grad = torch.is_grad_enabled()
         if grad and self.kept is not None and getattr(module, "gradient_checkpointing", False) \
                 and not _same_shards(self.kept[1], lay):
@@ -149,6 +150,8 @@ class _Calls:
         if entry is None:
             return None
         step, lay, before, grad, batch, length, lead = entry
+        for handle in step.watching:
+            handle.remove()
         tripwires.check_all_ran(step)
         if grad:
             self.kept = (step, lay)

@@ -33,8 +33,9 @@ def load_config(spec: str) -> Any:
                                  "installed transformers (AutoConfig.for_model does not know it)") from e
 
 
-def verdict(config: Any, heads_k_stride: int = 1) -> tuple[int, list[str]]:
-    """(exit code as `cpshim check`: 0 ring mode runs it, 1 refuses it; lines to print)."""
+def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[int, list[str]]:
+    """(exit code as `cpshim check`: 0 ring mode runs it, 1 refuses it; lines to print, ending with the
+    architecture table's row unless `table` is False)."""
     from transformers.models.auto import modeling_auto
 
     from .trainer_hook import config_problems
@@ -48,14 +49,15 @@ def verdict(config: Any, heads_k_stride: int = 1) -> tuple[int, list[str]]:
                    "image-text-to-text): ring attention is causal by construction"]
     problems = config_problems(config, heads_k_stride)
     if problems:
-        return 1, [f"cpshim check --model: ring mode REFUSES {name}"] + [f"  {p}" for p in problems]
-    from ..patches.accelerate_prepare_cp import SLIDING, non_full_attention_layers
+        head = [f"cpshim check --model: ring mode REFUSES {name}"]
+        return 1, head + [f"  {p}" for p in problems] + _table(name, table)
+    from ..patches.accelerate_prepare_cp import SLIDING, non_full_attention_layers, text_config
 
     sliding = SLIDING in non_full_attention_layers(config)
     lines = [f"cpshim check --model: ring mode runs {name} ("
              + ("full layers by the ring, sliding-window layers by a halo exchange of window - 1 tokens)" if sliding
                 else "full causal attention in every layer)")]
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     if getattr(text, "attn_logit_softcapping", None):
         lines.append(f"  attention logit softcap {text.attn_logit_softcapping}: computed by cpshim's reference kernels "
                      "(CPU); refused with CUDA kernels (ring-flash-attn 0.1.8 passes softcap=0 to flash_attn)")
@@ -65,4 +67,19 @@ def verdict(config: Any, heads_k_stride: int = 1) -> tuple[int, list[str]]:
                      "(zigzag/contiguous; varlen, packed position_ids and label-less trainers refused)")
     elif getattr(config, "audio_config", None) is not None:
         lines.append("  batches with audio (input_features, ...) are refused by name; text-only batches run")
-    return 0, lines
+    return 0, lines + _table(name, table)
+
+
+def _table(model_type: str, wanted: bool) -> list[str]:
+    """The architecture table's row for the type: what a run of its tiny model showed."""
+    from .. import compat
+
+    if not wanted:
+        return []
+    row = compat.architecture(model_type)
+    if row.verdict == "unknown":
+        return [f"  architecture table: {model_type} is not in it (transformers {row.transformers})"]
+    figures = (f" (loss err {row.figures['loss_rel_err']:.1e}, worst update err {row.figures['grad_rel_err_max']:.1e})"
+               if row.figures else f": {row.reason}" if row.reason else "")
+    return [f"  architecture table (transformers {row.transformers}, its default config shrunk): "
+            f"{row.verdict}{figures}"]

@@ -16,18 +16,24 @@ from typing import Any
 from . import parity_vlm
 
 VOCAB = 96
+AUTO = "auto:"
 _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                               tie_word_embeddings=False, attn_implementation="sdpa")
 
 
 def config(case: dict) -> Any:
-    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3), `window` for the sliding ones,
+    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, or `auto:<model type>`),
+    `window` for the sliding ones,
     `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding); the vision-language
     models of `parity_vlm`."""
     import transformers
 
     name = case.get("model", "llama")
+    if name.startswith(AUTO):  # a row of the architecture table: the type's own default config, shrunk
+        from .shrink import shrink
+
+        return shrink(name.removeprefix(AUTO))
     if name in parity_vlm.MODELS:
         return parity_vlm.config(case, _SIZES)
     if name == "llama":
@@ -65,6 +71,10 @@ def model(case: dict) -> Any:
 
     if case.get("model") in parity_vlm.MODELS:
         return parity_vlm.model(case, _SIZES)
+    if case.get("model", "").startswith(AUTO):
+        from .shrink import build
+
+        return build(config(case))
     built = AutoModelForCausalLM.from_config(config(case))
     with torch.no_grad():  # gpt-oss initialises sinks near 0; sinks of ~2 weigh in every query's softmax
         for name, p in built.named_parameters():

@@ -25,7 +25,8 @@ def config(case: dict, sizes: dict) -> Any:
     name = case["model"]
     text = {**{k: v for k, v in sizes.items() if k != "attn_implementation"}, "head_dim": 16}
     cfg: Any
-    ids: dict[str, Any] = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+    ids: dict[str, Any] = dict(image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START,
+                               vision_end_token_id=END)
     vision = dict(depth=2, num_heads=2, patch_size=2, temporal_patch_size=2, in_channels=3, spatial_merge_size=2)
     if name == "qwen2_vl":
         cfg = transformers.Qwen2VLConfig(

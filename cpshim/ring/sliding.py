@@ -20,7 +20,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
-from ..patches.accelerate_prepare_cp import SLIDING
+from ..patches.accelerate_prepare_cp import SLIDING, text_config
 from . import tripwires
 
 
@@ -51,7 +51,7 @@ def config_window(config: Any, module: Any) -> int | None:
     """The window transformers builds this layer's mask with (None: full attention): where the config has
     `layer_types`, `sliding_window` for the layer_idx-th entry "sliding_attention" (Gemma 2/3, Qwen2/3, Cohere2,
     gpt-oss, ...); without them, `sliding_window` for every layer (Mistral, Mixtral, Phi3, Starcoder2)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     window = getattr(text, "sliding_window", None) or None
     types = getattr(text, "layer_types", None)
     if not types or window is None:

@@ -20,6 +20,8 @@ class Step:
         self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
         self.eager = eager.configs(self.expected.values())  # routed to the ring while this step is current
         self.ran: set[int] = set()
+        self.called: set[int] = set()  # attention-like modules that ran (`tripwires.watch`), and its hooks
+        self.watching: list[Any] = []
         self.model = model
         self.evaluating = False  # an eval step (prediction_step, under no_grad): outputs made CP-replicated
         self.unshard_shape: tuple[int, int] | None = None  # eval: (batch, length) to restore logits to

@@ -11,8 +11,8 @@ import contextlib
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
-from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention_layers
-from . import layout, runtime, sharding, tripwires, vlm
+from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention_layers, text_config
+from . import layout, positions, runtime, sharding, tripwires, vlm
 from .step import Step
 
 _REFUSED_ATTENTION = ("flex_attention",)
@@ -41,7 +41,7 @@ def config_problems(config: Any, heads_k_stride: int = 1, provider: str | None =
     if bad:
         out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: ring mode computes "
                    f"only {' and '.join(RING_LAYER_TYPES)} layers exactly")
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     if getattr(text, "attention_dropout", None):
         out.append(f"config.attention_dropout={text.attention_dropout!r} is not supported by the ring kernels "
                    "(ring-flash-attn cannot replay dropout across ring steps): set it to 0")
@@ -71,6 +71,7 @@ def check_model(model: Any, heads_k_stride: int) -> None:
     if config is None or isinstance(config, dict):
         raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
     problems = config_problems(config, heads_k_stride, runtime.loaded.provider if runtime.loaded else None)
+    problems += positions.problems(model)
     if problems:
         raise _fail(problems[0])
 
@@ -301,6 +302,7 @@ def step_context(step: Step) -> Iterator[Step]:
     handles = [step.root.register_forward_hook(_eval_outputs(step))] if step.evaluating else []
     if step.entry is not None:
         handles.append(step.entry[0].register_forward_pre_hook(step.entry[1], with_kwargs=True))
+    handles += tripwires.watch(step)
     try:
         yield step
     finally:

@@ -17,13 +17,35 @@ class TripwireError(CpshimRuntimeError):
     """A sharded step did something that would train silently wrong."""
 
 
+def watch(step: Step) -> list[Any]:
+    """Record which attention-like modules run during the step (pre-hooks, removed when the step ends).
+
+    `expected` follows accelerate's naming (`*self_attn`); families name their attention otherwise
+    (`attn`, `attention.self`, `self_attention`), and some compute it inline (GPT-1, Bloom's alibi, XLNet's
+    relative attention, RWKV's time mixing), never asking the registry. Any module whose class is named
+    like attention and that runs without a routed module at, under or above it attended only to its
+    shard. Hooks only while the step is current: nothing is added outside sharded steps."""
+    routed_names = set(step.expected)
+
+    def seen(module: Any, args: Any) -> None:
+        step.called.add(id(module))
+
+    return [m.register_forward_pre_hook(seen) for name, m in step.root.named_modules()
+            if "attention" in type(m).__name__.lower() and name not in routed_names and id(m) not in step.outside]
+
+
 def check_all_ran(step: Step) -> None:
     missing = [name for name, m in step.expected.items() if id(m) not in step.ran]
+    if not missing and step.called:
+        routed = [n for n, m in step.root.named_modules() if id(m) in step.ran]
+        missing = [n for n, m in step.root.named_modules() if id(m) in step.called
+                   and not any(r == n or r.startswith(n + ".") or n.startswith(r + ".") for r in routed)]
     if missing:
         raise TripwireError(
             f"cpshim ring mode: {len(missing)} attention module(s) did not run ring attention on a sharded step "
             f"({', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}): they attended only to the local shard. "
-            "Use an attention implementation routed through transformers' registry (sdpa, flash_attention_*)"
+            "Use an attention implementation routed through transformers' registry (sdpa, flash_attention_*); a "
+            "family whose attention never asks the registry cannot run ring mode: train it without cpshim.enable()"
         )
 
 

@@ -23,6 +23,10 @@ from typing import Any
 MODALITY_PREFIXES = ("pixel_values", "input_features", "audio_values", "image_embeds", "video_embeds")
 #: Decoder arguments that are lists of rows, picked from the (B, L) positions where a mask argument is True.
 ROWS_AT = {"deepstack_visual_embeds": "visual_pos_masks"}
+#: Model types whose image batches are exact under ring CP against one process (`tests/architectures`). Image
+#: batches of another VLM are refused: its decoder may attend otherwise to image tokens (Gemma 3 and PaliGemma
+#: attend bidirectionally within an image, which a causal ring does not), or place features otherwise.
+IMAGE_BATCHES_EXACT = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 #: Decoder arguments that pass through unchanged: loss kwargs the model forwards everywhere (already sharded
 #: or scalars), flags.
 _PASSING = ("shift_labels", "num_items_in_batch")
@@ -59,6 +63,12 @@ def check(model: Any, inputs: dict, strategy: str) -> Any:
         raise _fail(f"the batch carries {', '.join(found)}, and {type(model).__name__} has no text decoder that "
                     "cpshim can shard at its entry (`get_decoder()` of a model with a vision_config): train it "
                     "on text-only batches with cpshim.enable(), or without CP")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in IMAGE_BATCHES_EXACT:
+        raise _fail(f"the batch carries {', '.join(found)}, and image batches of {model_type} are not proven exact "
+                    f"under ring CP (they are for {', '.join(IMAGE_BATCHES_EXACT)}); its decoder may attend otherwise "
+                    "to image tokens than a causal ring does: train it on text-only batches with cpshim.enable(), "
+                    "or without CP")
     if strategy == "varlen":
         raise _fail(f"vision-language batches ({', '.join(found)}) run under strategy 'zigzag' or 'contiguous'; "
                     "'varlen' (packed rows) is not supported for them yet")

@@ -71,6 +71,20 @@ def test_vision_language_batches_pass_the_checks_or_name_what_is_missing(trainer
         runtime.settings["strategy"] = "zigzag"
 
 
+def test_image_batches_of_an_unproven_vision_language_model_are_refused(trainer, ring, batch):
+    """Gemma 3's decoder attends bidirectionally within an image (a causal ring does not): its image batches are
+    refused by name; its text-only batches pass the checks."""
+    import torch
+
+    from cpshim.ring.shrink import build, shrink
+
+    model = build(shrink("gemma3"))
+    with pytest.raises(cpshim.CpshimRuntimeError, match="image batches of gemma3 are not proven exact"):
+        _prepare(trainer, model, {**batch, "pixel_values": torch.zeros(2, 3, 32, 32)})
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, model, batch)
+
+
 def test_eager_attention_passes_the_model_checks_and_attention_weights_are_refused(trainer, ring, batch):
     trainer.model.config._attn_implementation = "eager"
     with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cpshim.ring.step import Step
-from cpshim.ring.tripwires import TripwireError, arm, check_all_ran, check_local_length
+from cpshim.ring.tripwires import TripwireError, arm, check_all_ran, check_local_length, watch
 
 
 def _step(model, local_len=8):
@@ -65,3 +65,59 @@ def test_unsharded_training_forward_is_caught(cp):
     model.train()
     cpshim.revert()
     model(input_ids=ids)
+
+
+def _tiny(model_type):
+    from cpshim.ring.shrink import build, shrink
+
+    return build(shrink(model_type))
+
+
+def _run_watched(model):
+    import torch
+
+    step = _step(model)
+    handles = watch(step)
+    try:
+        model(input_ids=torch.arange(3, 19).reshape(1, 16))
+    finally:
+        for h in handles:
+            h.remove()
+    return step
+
+
+def test_attention_that_never_asks_the_registry_is_caught():
+    """GPT-1 computes attention inline in `transformer.h.N.attn` (no registry, not named self_attn): a module
+    named like attention that ran with nothing routed at, under or above it attended only to its shard."""
+    step = _run_watched(_tiny("openai-gpt"))
+    assert not step.expected and step.called
+    with pytest.raises(TripwireError, match=r"transformer\.h\.0\.attn"):
+        check_all_ran(step)
+
+
+def test_a_wrapper_around_routed_attention_passes():
+    """BERT's `attention` wraps `attention.self`, the module the registry's function receives: once that one is
+    routed (what ring_forward records), the wrapper that ran around it is satisfied; hooks are gone after."""
+    model = _tiny("bert")
+    step = _run_watched(model)
+    names = dict(model.named_modules())
+    for layer in range(model.config.num_hidden_layers):
+        step.ran.add(id(names[f"bert.encoder.layer.{layer}.attention.self"]))
+    check_all_ran(step)
+    step.ran.discard(id(names["bert.encoder.layer.0.attention.self"]))
+    with pytest.raises(TripwireError, match=r"bert\.encoder\.layer\.0\.attention"):
+        check_all_ran(step)
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("model_type, says", [
+    ("bart", "takes no position_ids"),
+    ("roberta", "padding_idx + 1"),
+    ("llama", None),
+    ("gpt2", None),
+])
+def test_models_that_number_positions_themselves_are_refused(model_type, says):
+    from cpshim.ring import positions
+
+    found = positions.problems(_tiny(model_type))
+    assert (found == []) if says is None else (says in found[0])
