@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigurationError
+from .vlm import IMAGE_BATCHES_EXACT
 
 
 def load_config(spec: str) -> Any:
@@ -53,6 +54,9 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
         return 1, head + [f"  {p}" for p in problems] + _table(name, table)
     from ..patches.accelerate_prepare_cp import SLIDING, non_full_attention_layers, text_config
 
+    at_run = _refused_when_run(name) if table else None
+    if at_run:
+        return 1, [f"cpshim check --model: ring mode REFUSES {name}", f"  {at_run}"] + _table(name, table)
     sliding = SLIDING in non_full_attention_layers(config)
     lines = [f"cpshim check --model: ring mode runs {name} ("
              + ("full layers by the ring, sliding-window layers by a halo exchange of window - 1 tokens)" if sliding
@@ -61,13 +65,33 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
     if getattr(text, "attn_logit_softcapping", None):
         lines.append(f"  attention logit softcap {text.attn_logit_softcapping}: computed by cpshim's reference kernels "
                      "(CPU); refused with CUDA kernels (ring-flash-attn 0.1.8 passes softcap=0 to flash_attn)")
-    if getattr(config, "vision_config", None) is not None:
+    if getattr(config, "vision_config", None) is not None and name in IMAGE_BATCHES_EXACT:
         lines.append("  image and video batches with labels: the vision tower runs unsharded and the text decoder "
                      "(get_decoder()) is sharded at its entry, rope positions computed from the whole row "
                      "(zigzag/contiguous; varlen, packed position_ids and label-less trainers refused)")
+    elif getattr(config, "vision_config", None) is not None:
+        lines.append(f"  image and video batches are refused (exact only for {', '.join(IMAGE_BATCHES_EXACT)}); "
+                     "text-only batches run")
     elif getattr(config, "audio_config", None) is not None:
         lines.append("  batches with audio (input_features, ...) are refused by name; text-only batches run")
     return 0, lines + _table(name, table)
+
+
+def _refused_when_run(model_type: str) -> str | None:
+    """The refusal the architecture table's run met for this type (a property of its modeling code: attention
+    outside the registry, positions numbered per shard), where the installed transformers is the table's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import compat
+
+    row = compat.architecture(model_type)
+    try:
+        installed = version("transformers")
+    except PackageNotFoundError:
+        return None
+    if row.verdict == "refused" and row.transformers == installed and ": cpshim ring mode: " in row.reason:
+        return row.reason.split(": cpshim ring mode: ", 1)[1] + " (found when the architecture table ran it)"
+    return None
 
 
 def _table(model_type: str, wanted: bool) -> list[str]:

@@ -103,7 +103,8 @@ def _shrunk(d: dict, tower: bool) -> dict:
             out[key] = 0.0
     if d.get("head_dim") is not None and d.get("head_dim") == d.get("qk_rope_head_dim"):  # MLA: rope dims
         out["head_dim"] = out["qk_rope_head_dim"]
-    for key, tiny in (("head_dim", HEAD_DIM), ("num_key_value_heads", out.get("num_attention_heads"))):
+    unset: dict[str, Any] = {"head_dim": HEAD_DIM, "num_key_value_heads": out.get("num_attention_heads")}
+    for key, tiny in unset.items():
         if key in d and d[key] is None and not tower and "num_attention_heads" in d:  # the modeling file reads it
             out[key] = tiny
     _mrope(out)
@@ -127,7 +128,9 @@ def _mrope(out: dict) -> None:
     """Multimodal rope sections (Qwen2-VL's t/h/w split of half the head dim), scaled to the tiny head dim."""
     for key in ("rope_parameters", "rope_scaling"):
         rope = out.get(key)
-        sections = rope.get("mrope_section") if isinstance(rope, dict) else None
+        if not isinstance(rope, dict):
+            continue
+        sections = rope.get("mrope_section")
         if not (isinstance(sections, list) and sections and all(isinstance(x, int) for x in sections)):
             continue
         half, total = (out.get("head_dim") or HEAD_DIM) // 2, sum(sections)

@@ -42,3 +42,18 @@ def test_an_unknown_model_is_a_usage_error(capsys):
     assert cli.main(["check", "--model", "no_such_model_type"]) == 64
     err = capsys.readouterr().err
     assert "neither a local model directory nor a model type" in err and len(err) < 300
+
+
+def test_a_refusal_the_table_met_at_run_time_is_said_from_the_config(capsys):
+    """BART passes the config rules, but its forward takes no position_ids (found when the architecture table ran
+    it): on the table's transformers, `check --model bart` refuses with that reason."""
+    import transformers
+
+    import cpshim.compat
+
+    row = cpshim.compat.architecture("bart")
+    if row.transformers != transformers.__version__:
+        pytest.skip(f"the table is of transformers {row.transformers}")
+    assert cli.main(["check", "--model", "bart"]) == 1
+    out = capsys.readouterr().out
+    assert "REFUSES bart" in out and "takes no position_ids" in out and "found when the architecture table ran" in out
