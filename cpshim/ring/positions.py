@@ -28,6 +28,8 @@ def _numbers_from_padding(module: Any) -> bool:
 
 
 def problems(model: Any) -> list[str]:
+    if hasattr(model, "get_base_model"):  # a PEFT model's forward is (*args, **kwargs): ask the model it wraps
+        model = model.get_base_model()
     name = type(model).__name__
     try:
         takes = "position_ids" in inspect.signature(model.forward).parameters

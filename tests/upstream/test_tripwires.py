@@ -121,3 +121,11 @@ def test_models_that_number_positions_themselves_are_refused(model_type, says):
 
     found = positions.problems(_tiny(model_type))
     assert (found == []) if says is None else (says in found[0])
+
+
+def test_a_peft_wrapper_is_judged_by_the_model_it_wraps():
+    peft = pytest.importorskip("peft")
+    from cpshim.ring import positions
+
+    wrapped = peft.get_peft_model(_tiny("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    assert positions.problems(wrapped) == []
