@@ -31,10 +31,12 @@ def problems(model: Any) -> list[str]:
     if hasattr(model, "get_base_model"):  # a PEFT model's forward is (*args, **kwargs): ask the model it wraps
         model = model.get_base_model()
     name = type(model).__name__
-    try:
-        takes = "position_ids" in inspect.signature(model.forward).parameters
+    try:  # the class's forward: trainers and accelerate replace the instance's with (*args, **kwargs) wrappers
+        params = inspect.signature(type(model).forward).parameters
     except (TypeError, ValueError):  # no signature to read: nothing to say
-        takes = True
+        params = {}
+    named = [p for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][1:]  # past self
+    takes = "position_ids" in params or not named
     if not takes:
         return [f"{name}.forward takes no position_ids: its positions are numbered from each shard's own length, "
                 "so every rank but the first would read the wrong positions; ring mode needs a model that takes "

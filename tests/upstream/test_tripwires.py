@@ -129,3 +129,13 @@ def test_a_peft_wrapper_is_judged_by_the_model_it_wraps():
 
     wrapped = peft.get_peft_model(_tiny("llama"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
     assert positions.problems(wrapped) == []
+
+
+def test_a_forward_replaced_on_the_instance_is_read_from_the_class():
+    """TRL and accelerate replace `model.forward` with (*args, **kwargs) wrappers: the class's forward decides."""
+    from cpshim.ring import positions
+
+    model = _tiny("llama")
+    original = model.forward
+    model.forward = lambda *args, **kwargs: original(*args, **kwargs)
+    assert positions.problems(model) == []
