@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import eager
+from . import eager, vlm
 
 
 class Step:
@@ -16,8 +16,13 @@ class Step:
         self.heads_k_stride, self.ring_dtype, self.varlen = heads_k_stride, ring_dtype, varlen
         self.cu = cu  # varlen: the packed stream's document boundaries (global positions)
         self.windows: dict[int, Any] = {}  # id(attention module) -> its sliding window from the config, or None
-        # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn").
-        self.expected = {name: m for name, m in model.named_modules() if name.endswith("self_attn")}
+        # Modules that must run the ring this step (accelerate's rule: names ending in "self_attn"), in the text
+        # decoder of a vision-language model: its towers' `self_attn` never see the sharded sequence (not run on
+        # a text batch; whole images, upstream's attention, on an image batch).
+        decoder = vlm.decoder_of(model)
+        inside = None if decoder is None else {id(m) for m in decoder.modules()}
+        self.expected = {name: m for name, m in model.named_modules()
+                         if name.endswith("self_attn") and (inside is None or id(m) in inside)}
         self.eager = eager.configs(self.expected.values())  # routed to the ring while this step is current
         self.ran: set[int] = set()
         self.called: set[int] = set()  # attention-like modules that ran (`tripwires.watch`), and its hooks

@@ -110,6 +110,21 @@ def test_a_wrapper_around_routed_attention_passes():
     assert not any(m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_vision_language_model_expects_the_ring_in_its_text_decoder_only():
+    """Gemma 3's vision tower has `self_attn` modules too; on a text-only batch they never run, on an image batch
+    they attend over whole images (upstream's): only the text decoder's must run the ring."""
+    model = _tiny("gemma3")
+    assert any(n.endswith("self_attn") and "vision_tower" in n for n, _ in model.named_modules())
+    step = _run_watched(model)
+    decoder = [m for n, m in model.get_decoder().named_modules() if n.endswith("self_attn")]
+    assert sorted(map(id, step.expected.values())) == sorted(map(id, decoder))
+    step.ran.update(map(id, decoder))
+    check_all_ran(step)
+    step.ran.discard(id(decoder[0]))
+    with pytest.raises(TripwireError, match="layers.0.self_attn"):
+        check_all_ran(step)
+
+
 @pytest.mark.parametrize("model_type, says", [
     ("bart", "takes no position_ids"),
     ("roberta", "padding_idx + 1"),
