@@ -50,16 +50,11 @@ def _signature(module: Any) -> inspect.Signature:
 
 
 def check_trainer(trainer: Any) -> None:
-    """Refused: a trainer whose parity is not shown (`trl_trainers.UNPROVEN`), and a TRL trainer that
-    precomputed its reference log-probs outside cpshim's replicated scope (a TRL without a variant of
-    `trl-*-precompute-gather`, or cpshim enabled after the trainer was built): gathered over every
-    process, CP peers among them, rows received other rows' values."""
+    """Refused: a TRL trainer that precomputed its reference log-probs outside cpshim's replicated scope (a TRL
+    without a variant of `trl-*-precompute-gather`, or cpshim enabled after the trainer was built): gathered
+    over every process, CP peers among them, rows received other rows' values."""
     from ..patches.trl_preference import precomputed
-    from .trl_trainers import UNPROVEN
 
-    name = next((c.__name__ for c in type(trainer).__mro__ if c.__name__ in UNPROVEN), None)
-    if name is not None:
-        raise _fail(f"{type(trainer).__name__} ({name}): {UNPROVEN[name]}")
     if getattr(getattr(trainer, "args", None), "precompute_ref_log_probs", False) and trainer not in precomputed:
         raise _fail(f"{type(trainer).__name__} precomputed its reference log-probs outside cpshim's scope, gathered "
                     "once per CP rank (rows got other rows' values). Call cpshim.enable() before building the "

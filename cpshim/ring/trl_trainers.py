@@ -3,8 +3,8 @@
 Read from the TRL wheels (`python compat_matrix/generate.py` keeps them): GRPO and RLOO refuse
 `cp_size > 1` themselves from TRL 1.4.0 (their configs; relaxed by `trl-grpo-cp-guard`/`trl-rloo-cp-guard`;
 their generation split by `trl-*-generate-split` from 1.3.0), Distillation (added in 1.10.0) too; the packing guard of
-SFTTrainer appeared in 1.11.0 and is relaxed by `trl-sft-packing-guard` for strategy varlen. DPO and KTO run
-the backbone path (`cpshim.ring.backbone`), their precompute patched where a variant fits.
+SFTTrainer appeared in 1.11.0 and is relaxed by `trl-sft-packing-guard` for strategy varlen. DPO, KTO and
+reward run the backbone path (`cpshim.ring.backbone`), their precompute patched where a variant fits.
 """
 
 from __future__ import annotations
@@ -13,17 +13,12 @@ from typing import Any, Mapping
 
 from ..specs import parse, release_key
 
-#: Label-less trainers the backbone path runs but whose parity is not shown: refused by name in ring mode.
-UNPROVEN = {"RewardTrainer": "its reward is read at one token per sequence, and its parity is not shown: cp=2 against "
-                             "one process differs by 3.5% in first-step per-tensor gradients (the suite allows 2%), "
-                             "with the ring and the reference in bfloat16 and in float16 alike (not attention "
-                             "rounding; cause not found); train it without cpshim.enable()"}
 _BACKBONE = ("exact (label-less: the backbone runs sharded, its hidden states are all-gathered, heads and loss see "
              "the whole sequence)")
 #: The oldest and newest TRL the matrix's cells run each trainer's parity test on (test_trl_parity.py for SFT
-#: packing, test_pref_parity.py for DPO and KTO, test_rl_parity.py for GRPO and RLOO).
+#: packing, test_pref_parity.py for DPO, KTO and reward, test_rl_parity.py for GRPO and RLOO).
 _TESTED = {"SFT": ("1.11.0", "1.16.0"), "DPO": ("1.5.1", "1.16.0"), "KTO": ("1.5.1", "1.16.0"),
-           "GRPO": ("1.5.1", "1.16.0"), "RLOO": ("1.5.1", "1.16.0")}
+           "Reward": ("1.5.1", "1.16.0"), "GRPO": ("1.5.1", "1.16.0"), "RLOO": ("1.5.1", "1.16.0")}
 _GENERATING = ("exact (generation batch: each CP rank generates its share of the group's prompts, completions "
                "exchanged; the backbone sharded, heads and loss on the whole sequence; accelerate's collectives "
                "over data-parallel ranks; TRL's cp guard relaxed); HF generate only: use_vllm, tools and "
@@ -58,7 +53,7 @@ def trainers(versions: Mapping[str, Any]) -> dict[str, Any] | None:
     guarded = "refused by TRL itself (cp_size > 1 is rejected in its config)"
     precompute = {name: select(REGISTRY[f"trl-{name.lower()}-precompute-gather"], versions).variant is not None
                   for name in ("DPO", "KTO")}
-    out = {"SFTTrainer": sft, "RewardTrainer": f"refused by cpshim: {UNPROVEN['RewardTrainer']}"}
+    out = {"SFTTrainer": sft, "RewardTrainer": _BACKBONE + _untested("Reward", key, raw)}
     for name in ("DPO", "KTO"):
         gathered = ("; precompute_ref_log_probs gathered over data-parallel ranks" if precompute[name] else
                     f"; precompute_ref_log_probs refused (no variant of trl-{name.lower()}-precompute-gather fits "

@@ -1,21 +1,30 @@
-"""TRL's DPO, KTO (and reward) trainers: ring CP (the backbone sharded, heads and loss on the whole sequence)
+"""TRL's DPO, KTO and reward trainers: ring CP (the backbone sharded, heads and loss on the whole sequence)
 against one process, same script.
 
 Run by `tests/parity/test_pref_parity.py`, once in one process and once as cp=2 ranks. A case:
 
     {"id", "trainer" ("dpo" | "reward" | "kto"), "steps", "batch", "loss_type", "precompute", "ref"
-     ("copy" | "peft"), "eval", "negative"}
+     ("copy" | "peft"), "eval", "negative", "bf16" (TRL's default True when absent), "ring_dtype"}
 
 SGD at lr 0.05 with TRL's beta 0.1: at the SFT suite's lr 0.5 and beta 0.5, DPO jumps from 0.69 to 2.9
 in one step, and the bf16 noise of the first gradient (1%) is amplified into later losses (one process
 against itself, bf16 against fp16 attention, differs as much).
 
+TRL's configs default to `bf16=True`: the whole model computes in bfloat16, which sets the noise of the
+comparison (DPO's ~1.1e-2 per-tensor gradient error is the same with the ring in bf16 or in fp16,
+and 3.7e-3 with bf16=False). A reward is read at one token per sequence, so its gradient carries that
+token's rounding undiluted: 3.6% under TRL's default, above the suite's 2%, and 2.3% for one process
+against itself (bf16 against fp16 attention). Its cases therefore run the model in fp32 (`bf16: False`),
+as the HF Trainer suite does, with the ring in bf16 and in fp16: the error falls ~8x with 3 more
+mantissa bits (rounding), the negative control's does not.
+
 Rows: a prompt of random tokens; the chosen completion repeats it (its log-probs need attention from
 one shard into the other), the rejected one is random. One process runs the reference attention;
 the ring ranks run `cpshim.enable()` (zigzag). Recorded: per-step losses, first-step per-tensor
-gradients (SGD), and the eval loss when asked. The negative control keeps each rank's share of the
-gathered sequence's gradient without summing it over the group, and gathers TRL's metrics over every
-process (upstream's): it must fail the same check, and count the batch's tokens twice.
+gradients (SGD), and with `eval` the eval loss, evaluate()'s reward metrics and predict()'s outputs.
+The negative control keeps each rank's share of the gathered sequence's gradient without summing it
+over the group, and gathers TRL's metrics over every process (upstream's): it must fail the same
+check, and count the batch's tokens twice.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ from typing import Any
 
 from cpshim.ring import parity
 
-
 #: What TRL logs per step that the test compares: a count over the batch, and per-sequence means.
 METRICS = ("num_tokens", "logps/chosen", "logps/rejected", "entropy")
+#: What evaluate() reports that the test compares: RewardTrainer's reward statistics and accuracy.
+EVAL_METRICS = ("eval_accuracy", "eval_mean_reward", "eval_margin", "eval_num_tokens")
 
 
 def tokenizer() -> Any:
@@ -92,7 +102,8 @@ def _args(case: dict, cp: int, out_dir: str) -> Any:
         output_dir=out_dir, per_device_train_batch_size=case["batch"], per_device_eval_batch_size=case["batch"],
         max_steps=case["steps"], learning_rate=0.05, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, report_to=[], use_cpu=True, seed=0, data_seed=0,
-        disable_tqdm=True, save_strategy="no", eval_strategy="no", max_length=None, **extra)
+        disable_tqdm=True, save_strategy="no", eval_strategy="no", max_length=None,
+        **({"bf16": case["bf16"]} if "bf16" in case else {}), **extra)
 
 
 def _model(case: dict, cp: int) -> Any:
@@ -109,7 +120,7 @@ def _model(case: dict, cp: int) -> Any:
     if cp == 1:
         from transformers import AttentionInterface
 
-        forward, capture = parity._reference_attention()
+        forward, capture = parity._reference_attention(case.get("ring_dtype", "bfloat16"))
         AttentionInterface.register(parity.REFERENCE_KEY, forward)
         model.config._attn_implementation = parity.REFERENCE_KEY
         model.model.register_forward_pre_hook(capture, with_kwargs=True)
@@ -157,14 +168,15 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     import torch.distributed as dist
 
     import cpshim
-    from cpshim.ring import layout
-
-    from cpshim.ring import data_parallel
+    from cpshim.ring import data_parallel, layout
 
     layout.reduce_gradients = not case.get("negative")
     data_parallel.disabled = bool(case.get("negative"))  # and TRL's metric gathers over every process
     if cp > 1:
-        cpshim.enable(strategy="zigzag")
+        cpshim.enable(strategy="zigzag", ring_dtype=case.get("ring_dtype", "bfloat16"))
+    # transformers < 5 passes bf16 to accelerate through this variable and never clears it: an earlier case's
+    # bf16 (TRL's default) would hold for a later case with bf16=False in the same process
+    os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
     recorder = parity._Recorder()
     trainer = _trainer(case, cp, out_dir, [recorder.callback])
     trainer.train()
@@ -175,7 +187,11 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
               "metrics": metrics,
               "first_batch": {k: tuple(v.shape) for k, v in batch.items() if hasattr(v, "shape")}}
     if case.get("eval"):
-        result["eval_loss"] = trainer.evaluate()["eval_loss"]
+        evaluated = trainer.evaluate()
+        result["eval_loss"] = evaluated["eval_loss"]
+        result["eval_metrics"] = {k: v for k, v in evaluated.items() if k in EVAL_METRICS}
+        predictions = trainer.predict(trainer.eval_dataset).predictions  # one row per eval row, not per CP rank
+        result["predictions"] = [p.tolist() for p in (predictions if isinstance(predictions, tuple) else [predictions])]
     layout.reduce_gradients, data_parallel.disabled = True, False
     return result
 

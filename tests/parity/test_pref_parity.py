@@ -1,4 +1,4 @@
-"""TRL's DPO and KTO trainers under ring CP equal one process running the same script.
+"""TRL's DPO, KTO and reward trainers under ring CP equal one process running the same script.
 
 Their batches carry no labels: the backbone runs sharded and its hidden states are all-gathered, so
 TRL's heads and losses see the whole sequence (`cpshim.ring.backbone`). SGD, TRL's defaults otherwise
@@ -7,10 +7,12 @@ chosen completion (attention across shards matters): per-step losses and first-s
 gradients against one process's reference attention, within the parity suite's tolerances. DPO:
 sigmoid, IPO and hinge losses, an explicit reference model, the PEFT-adapter reference, and
 precomputed reference log-probs (`trl-dpo-precompute-gather`: upstream's gather over every process
-misassigned them, first loss 3.05 for 0.693). TRL's logged metrics (token count, log-prob means,
-entropy) match too. The negative control keeps each rank's share of the gathered hidden states' gradient
-without summing it over the group and gathers the metrics over every process: it must fail the same
-check, and count the tokens twice.
+misassigned them, first loss 3.05 for 0.693). Reward: its score head read at each sequence's last
+token, the model in fp32 and the ring in bf16 and fp16 (the worker says why). TRL's logged metrics
+(token count, log-prob means, entropy), evaluate()'s and predict()'s outputs match too. The negative
+controls (DPO, reward) keep each rank's share of the gathered hidden states' gradient without summing
+it over the group (DPO's also gathers the metrics over every process): they must fail the same check,
+and DPO's count the tokens twice.
 The worker is tests/parity/_pref_worker.py; one launch runs every case.
 """
 
@@ -36,8 +38,14 @@ CASES = [
     {"id": "dpo-precompute", "trainer": "dpo", "precompute": True, "steps": 2, "batch": 2},
     {"id": "dpo-peft-reference", "trainer": "dpo", "ref": "peft", "steps": 2, "batch": 2},
     {"id": "kto", "trainer": "kto", "steps": 3, "batch": 2, "eval": True},
+    # a reward read at one token: the model in fp32 (the worker's docstring says why), the ring in bf16 and fp16
+    {"id": "reward", "trainer": "reward", "steps": 3, "batch": 2, "bf16": False},
+    {"id": "reward-fp16", "trainer": "reward", "steps": 2, "batch": 2, "bf16": False, "ring_dtype": "float16",
+     "eval": True},
     {"id": "negative-no-gradient-sum", "trainer": "dpo", "steps": 2, "batch": 2, "negative": True},
+    {"id": "reward-negative", "trainer": "reward", "steps": 2, "batch": 2, "bf16": False, "negative": True},
 ]
+NEGATIVE = {"negative-no-gradient-sum": "dpo", "reward-negative": "reward"}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +79,30 @@ def test_logged_metrics_equal_one_process(results, case):
             assert abs(ring[0][key] - ref[0][key]) <= LOSS_RTOL * abs(ref[0][key]), (key, ref[0], ring[0])
 
 
-def test_negative_control_fails_the_same_check(results):
-    verdict = _check(*results["negative-no-gradient-sum"])
+def test_eval_reports_each_row_once(results):
+    """evaluate()'s metrics (RewardTrainer's accuracy, mean reward and margin; the token count) and predict()'s
+    outputs: one row per eval row (a gather over CP peers would repeat each), values within the loss's tolerance
+    (the metrics) and the gradients' relative to the largest (the outputs). The reward case evaluates with the
+    ring in fp16: a mean of one-token readouts after training carries bf16's rounding (2e-3 on a mean reward
+    of 0.14) above the loss's tolerance, fp16's (1e-4) below it."""
+    import numpy as np
+
+    for case in (c["id"] for c in CASES if c.get("eval")):
+        ref, ring = results[case]
+        assert ring["eval_metrics"].keys() == ref["eval_metrics"].keys(), case
+        for key, value in ref["eval_metrics"].items():
+            assert abs(ring["eval_metrics"][key] - value) <= LOSS_RTOL * max(abs(value), 1.0), (case, key)
+        for a, b in zip(ref["predictions"], ring["predictions"], strict=True):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.shape == b.shape, (case, a.shape, b.shape)
+            assert np.abs(a - b).max() <= GRAD_RTOL * np.abs(a).max(), (case, np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("case", sorted(NEGATIVE))
+def test_negative_control_fails_the_same_check(results, case):
+    verdict = _check(*results[case])
     print("negative control:", verdict)
     assert not verdict["ok"] and verdict["grad_rel_err_max"] > 10 * GRAD_RTOL, verdict
-    ref, ring = (r["metrics"] for r in results["negative-no-gradient-sum"])
-    assert ring[0]["num_tokens"] == 2 * ref[0]["num_tokens"], (ref, ring)  # each CP rank's copy counted
+    ref, ring = (r["metrics"] for r in results[case])
+    if NEGATIVE[case] == "dpo":  # TRL's metrics gathered over every process: each CP rank's copy counted
+        assert ring[0]["num_tokens"] == 2 * ref[0]["num_tokens"], (ref, ring)

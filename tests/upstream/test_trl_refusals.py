@@ -36,28 +36,6 @@ def _args(cls, tmp_path, **extra):
                **extra)
 
 
-def test_reward_trainer_is_refused_by_name(upstream, tmp_path):
-    """RewardTrainer runs the backbone path, but its parity is not shown (its noise floor is above the suite's
-    tolerance): refused by name, its subclasses too."""
-    import trl
-    from datasets import Dataset
-    from transformers import LlamaForSequenceClassification
-
-    from cpshim.ring import parity
-    from tests.parity._pref_worker import rows, tokenizer
-
-    config = parity._config()
-    config.num_labels, config.pad_token_id = 1, 0
-    trainer = type("MyReward", (trl.RewardTrainer,), {})(
-        model=LlamaForSequenceClassification(config), args=_args(trl.RewardConfig, tmp_path),
-        train_dataset=Dataset.from_list(rows("reward", 4, 1)), processing_class=tokenizer())
-    cpshim.enable()
-    try:
-        _refusal(trainer, r"MyReward \(RewardTrainer\): its reward is read at one token")
-    finally:
-        cpshim.revert()
-
-
 def test_reference_logps_precomputed_before_enable_are_refused(upstream, tmp_path):
     """DPO precomputes its reference log-probs when it is built: built before `cpshim.enable()`, they were
     gathered once per process (per CP rank), so the step refuses, naming the fix."""
