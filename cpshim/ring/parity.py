@@ -240,7 +240,8 @@ def run_case(case: dict, cp: int) -> dict:
         result = {"losses": _losses(trainer), "grads": recorder.grads if rank == 0 else None, "rank": rank,
                   "total_batch": trainer.get_total_train_batch_size(args)}
         if case.get("eval"):
-            metrics = trainer.evaluate(dataset({**case, "steps": 1, "seed": 99}))
+            rows: Any = dataset({**case, "steps": 1, "seed": 99})  # a list of dicts: a map-style dataset to the Trainer
+            metrics = trainer.evaluate(rows)
             result["eval"] = {k: metrics.get(f"eval_{k}") for k in ("loss", "accuracy", "logit_tokens")}
         if case.get("resume"):  # a fresh Trainer resumes from step 2 and must reproduce steps 3..
             torch.manual_seed(123)  # a different init: everything must come from the checkpoint
@@ -248,7 +249,7 @@ def run_case(case: dict, cp: int) -> dict:
             if cp == 1:
                 fresh.config.get_text_config()._attn_implementation = REFERENCE_KEY
             again = Trainer(model=fresh, args=args, train_dataset=dataset(case))
-            again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
+            again.train(resume_from_checkpoint=os.path.join(str(args.output_dir), "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
         routing.ring_forward, sliding.plan, vlm._entry_hook = ring_forward, plan, entry

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 
 def _numbers_from_padding(module: Any) -> bool:
@@ -31,6 +31,7 @@ def problems(model: Any) -> list[str]:
     if hasattr(model, "get_base_model"):  # a PEFT model's forward is (*args, **kwargs): ask the model it wraps
         model = model.get_base_model()
     name = type(model).__name__
+    params: Mapping[str, inspect.Parameter]
     try:  # the class's forward: trainers and accelerate replace the instance's with (*args, **kwargs) wrappers
         params = inspect.signature(type(model).forward).parameters
     except (TypeError, ValueError):  # no signature to read: nothing to say

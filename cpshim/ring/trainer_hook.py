@@ -210,7 +210,8 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     check_counters(trainer)
     strategy = settings["strategy"]
     labelless = generation or (inputs.get("labels") is None and inputs.get("shift_labels") is None)
-    vision = not generation and bool(vlm.modality_keys(inputs))
+    vision = not generation and not labelless and (bool(vlm.modality_keys(inputs)) or vlm.enters_at_decoder(
+        trainer, hf_model))
     if not generation:
         if labelless:
             check_text_only(inputs)

@@ -55,16 +55,26 @@ def decoder_of(model: Any) -> Any:
     return decoder
 
 
+def enters_at_decoder(trainer: Any, model: Any) -> bool:
+    """A text-only batch of a vision-language model that takes no loss kwargs (Qwen2.5-VL, Qwen3-VL, GLM-4V,
+    ...) is sharded at its decoder's entry too: only there can the batch carry the target count its loss needs
+    (`shard_labels`), and the rope positions are whole-row ones (the entry hook builds 0..L-1 where the model
+    passes none)."""
+    return getattr(trainer, "model_accepts_loss_kwargs", True) is False and decoder_of(model) is not None
+
+
 def check(model: Any, inputs: dict, strategy: str) -> Any:
     """Refuse a vision-language batch ring mode cannot shard at a decoder's entry; return the decoder."""
-    found = modality_keys(inputs)
+    from . import sharding
+
+    found = modality_keys(inputs) or ["text only"]
     decoder = decoder_of(model)
     if decoder is None:
         raise _fail(f"the batch carries {', '.join(found)}, and {type(model).__name__} has no text decoder that "
                     "cpshim can shard at its entry (`get_decoder()` of a model with a vision_config): train it "
                     "on text-only batches with cpshim.enable(), or without CP")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in IMAGE_BATCHES_EXACT:
+    if modality_keys(inputs) and model_type not in IMAGE_BATCHES_EXACT:
         raise _fail(f"the batch carries {', '.join(found)}, and image batches of {model_type} are not proven exact "
                     f"under ring CP (they are for {', '.join(IMAGE_BATCHES_EXACT)}); its decoder may attend otherwise "
                     "to image tokens than a causal ring does: train it on text-only batches with cpshim.enable(), "
@@ -72,7 +82,8 @@ def check(model: Any, inputs: dict, strategy: str) -> Any:
     if strategy == "varlen":
         raise _fail(f"vision-language batches ({', '.join(found)}) run under strategy 'zigzag' or 'contiguous'; "
                     "'varlen' (packed rows) is not supported for them yet")
-    if inputs.get("position_ids") is not None:
+    position_ids = inputs.get("position_ids")
+    if position_ids is not None and (modality_keys(inputs) or sharding.packed_rows(position_ids)):
         raise _fail("a vision-language batch with position_ids: the model computes its rope positions from the "
                     "whole row, and packed rows are not supported for it yet; drop position_ids from the batch")
     return decoder
@@ -128,6 +139,8 @@ def _entry_hook(step: Any, batch: int, length: int) -> Any:
         if kw.get("past_key_values") is not None:
             raise _fail(f"{name} was called with a KV cache on a sharded step: pass use_cache=False")
         kw.pop("cache_position", None)  # the decoder builds it from the local length; the positions are sharded
+        if kw.get("position_ids") is None:  # a text-only row (Qwen2.5-VL computes mrope only with images): 0..L-1
+            kw["position_ids"] = sharding.build_position_ids(batch, length, embeds.device)
         if "use_cache" in kw:
             kw["use_cache"] = False  # a cache would hold this rank's shard only
         for rows_key, mask_key in ROWS_AT.items():

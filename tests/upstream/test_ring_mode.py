@@ -71,6 +71,43 @@ def test_vision_language_batches_pass_the_checks_or_name_what_is_missing(trainer
         runtime.settings["strategy"] = "zigzag"
 
 
+def test_a_text_batch_of_a_vision_language_model_without_loss_kwargs_enters_at_its_decoder(trainer, ring, batch):
+    """Qwen2.5-VL takes no loss kwargs: its text-only batches are sharded at the decoder's entry too (where the
+    batch can carry the target count its loss needs); plain position_ids pass, packed ones are refused by name."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from cpshim.ring import parity_models, vlm
+
+    model = AutoModelForImageTextToText.from_config(parity_models.config({"model": "qwen2_5_vl"}))
+    saved = trainer.model_accepts_loss_kwargs
+    trainer.model_accepts_loss_kwargs = False
+    try:
+        assert vlm.enters_at_decoder(trainer, model) and not vlm.enters_at_decoder(trainer, trainer.model)
+        with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+            _prepare(trainer, model, {**batch, "position_ids": torch.arange(16).expand(2, 16)})
+        packed = torch.cat([torch.arange(8), torch.arange(8)]).expand(2, 16)
+        with pytest.raises(cpshim.CpshimRuntimeError, match="packed rows are not supported"):
+            _prepare(trainer, model, {**batch, "position_ids": packed})
+    finally:
+        trainer.model_accepts_loss_kwargs = saved
+
+
+def test_the_decoder_entry_numbers_whole_rows_where_the_model_passes_no_positions():
+    """A decoder called without position_ids would count each shard from 0: the entry hook gives it this
+    rank's share of 0..L-1, as one process counts (zigzag, cp=2, rank 1: chunks 1 and 2 of 4)."""
+    import torch
+
+    from cpshim.ring import vlm
+    from cpshim.ring.step import Step
+
+    step = Step(cp=2, rank=1, group=None, strategy="zigzag", local_len=8, global_len=16, padding=0,
+                heads_k_stride=1, ring_dtype="bfloat16", model=torch.nn.Linear(1, 1))
+    _, kw = vlm._entry_hook(step, 2, 16)(torch.nn.Identity(), (), {"inputs_embeds": torch.zeros(2, 16, 4)})
+    assert kw["inputs_embeds"].shape == (2, 8, 4)
+    assert kw["position_ids"].tolist() == [list(range(4, 12))] * 2
+
+
 def test_image_batches_of_an_unproven_vision_language_model_are_refused(trainer, ring, batch):
     """Gemma 3's decoder attends bidirectionally within an image (a causal ring does not): its image batches are
     refused by name; its text-only batches pass the checks."""
