@@ -113,7 +113,7 @@ def test_a_wrapper_around_routed_attention_passes():
 def test_a_vision_language_model_expects_the_ring_in_its_text_decoder_only():
     """Gemma 3's vision tower has `self_attn` modules too; on a text-only batch they never run, on an image batch
     they attend over whole images (upstream's): only the text decoder's must run the ring."""
-    model = _tiny("gemma3")
+    model = _tiny("gemma3").eval()  # 5.0-5.3 require token_type_ids in a training forward of Gemma 3
     assert any(n.endswith("self_attn") and "vision_tower" in n for n, _ in model.named_modules())
     step = _run_watched(model)
     decoder = [m for n, m in model.get_decoder().named_modules() if n.endswith("self_attn")]
