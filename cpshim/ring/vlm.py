@@ -67,23 +67,24 @@ def check(model: Any, inputs: dict, strategy: str) -> Any:
     """Refuse a vision-language batch ring mode cannot shard at a decoder's entry; return the decoder."""
     from . import sharding
 
-    found = modality_keys(inputs) or ["text only"]
+    found = modality_keys(inputs)
+    carries = ", ".join(found) or "text only"
     decoder = decoder_of(model)
     if decoder is None:
-        raise _fail(f"the batch carries {', '.join(found)}, and {type(model).__name__} has no text decoder that "
+        raise _fail(f"the batch carries {carries}, and {type(model).__name__} has no text decoder that "
                     "cpshim can shard at its entry (`get_decoder()` of a model with a vision_config): train it "
                     "on text-only batches with cpshim.enable(), or without CP")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if modality_keys(inputs) and model_type not in IMAGE_BATCHES_EXACT:
-        raise _fail(f"the batch carries {', '.join(found)}, and image batches of {model_type} are not proven exact "
+    if found and model_type not in IMAGE_BATCHES_EXACT:
+        raise _fail(f"the batch carries {carries}, and image batches of {model_type} are not proven exact "
                     f"under ring CP (they are for {', '.join(IMAGE_BATCHES_EXACT)}); its decoder may attend otherwise "
                     "to image tokens than a causal ring does: train it on text-only batches with cpshim.enable(), "
                     "or without CP")
     if strategy == "varlen":
-        raise _fail(f"vision-language batches ({', '.join(found)}) run under strategy 'zigzag' or 'contiguous'; "
+        raise _fail(f"vision-language batches ({carries}) run under strategy 'zigzag' or 'contiguous'; "
                     "'varlen' (packed rows) is not supported for them yet")
     position_ids = inputs.get("position_ids")
-    if position_ids is not None and (modality_keys(inputs) or sharding.packed_rows(position_ids)):
+    if position_ids is not None and (found or sharding.packed_rows(position_ids)):
         raise _fail("a vision-language batch with position_ids: the model computes its rope positions from the "
                     "whole row, and packed rows are not supported for it yet; drop position_ids from the batch")
     return decoder
@@ -139,7 +140,7 @@ def _entry_hook(step: Any, batch: int, length: int) -> Any:
         if kw.get("past_key_values") is not None:
             raise _fail(f"{name} was called with a KV cache on a sharded step: pass use_cache=False")
         kw.pop("cache_position", None)  # the decoder builds it from the local length; the positions are sharded
-        if kw.get("position_ids") is None:  # a text-only row (Qwen2.5-VL computes mrope only with images): 0..L-1
+        if kw.get("position_ids") is None:  # the model passed none: the decoder would count each shard from 0
             kw["position_ids"] = sharding.build_position_ids(batch, length, embeds.device)
         if "use_cache" in kw:
             kw["use_cache"] = False  # a cache would hold this rank's shard only
