@@ -59,6 +59,8 @@ SUITES = {
     # a cell whose purpose is a TRL fingerprint group: smoke plus TRL's parity suites (multi-rank)
     "trl": ["tests/upstream", "tests/test_compat.py", "tests/test_trl_support.py", "tests/parity/test_rl_parity.py",
             "tests/parity/test_pref_parity.py", "tests/parity/test_trl_parity.py", "-m", "not gpu"],
+    # a cell whose purpose is a fingerprint group of a mixer patch (LFM2's conv layers): smoke plus their parity
+    "mixers": ["tests/upstream", "tests/test_compat.py", "tests/parity/test_mixer_parity.py", "-m", "not gpu"],
 }
 UNIT = ["tests", "--ignore=tests/upstream", "--ignore=tests/ring", "-m", "not upstream and not multiproc and not gpu"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6.100"]

@@ -86,14 +86,15 @@ def _with_hidden(parity: Any, hidden: int) -> None:
 
 
 GEMMA3_LAYERS = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 3's pattern: 5 sliding : 1 full
+LFM2_LAYERS = ["conv", "conv", "full_attention"] * 2  # LFM2's pattern (1.2B: 10 conv : 6 full, kernel 3)
 
 
 def _count_halo(rec: dict, timer: "_Timer") -> None:
-    """Bytes the sliding layers receive per step (halo rows forward, their gradients backward), next to what an
-    all-gather of the same keys/values (and a reduce-scatter of their gradients) would move to this rank."""
-    from cpshim.ring import sliding
-
+    """Bytes the sliding (or conv) layers receive per step (halo rows forward, their gradients backward), next to
+    what an all-gather of the same rows (and a reduce-scatter of their gradients) would move to this rank."""
     import torch.distributed as dist
+
+    from cpshim.ring import sliding
 
     exchange = sliding._exchange
 
@@ -163,8 +164,10 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
             "output_dir": os.path.join(out_dir, f"trainer-{cp}")}
     if model == "gemma3":  # the windows come from the model's own sliding_window on both sides
         case.update(model="gemma3", window=window, layer_types=GEMMA3_LAYERS, upstream_masks=False)
-        if cp > 1:
-            _count_halo(rec, timer)
+    elif model == "lfm2":
+        case.update(model="lfm2", layer_types=LFM2_LAYERS)
+    if model != "llama" and cp > 1:
+        _count_halo(rec, timer)
     t0 = time.perf_counter()
     if trainer == "dpo":  # TRL's DPOTrainer, one chosen/rejected pair of seq_len tokens each (the backbone path)
         from tests.parity import _pref_worker

@@ -5,6 +5,7 @@
     PYTHONPATH=. python bench/bench_ring_cp.py --trainer dpo             # TRL's DPOTrainer (issue 11's target)
     PYTHONPATH=. python bench/bench_ring_cp.py --trainer grpo            # TRL's GRPOTrainer (issue 11's target)
     PYTHONPATH=. python bench/bench_ring_cp.py --model gemma3            # Gemma-3-like, 5 sliding : 1 full (issue 9)
+    PYTHONPATH=. python bench/bench_ring_cp.py --model lfm2              # LFM2-like, 2 conv : 1 full (issue 10)
     diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out)
 
 The run is cpshim's parity run (`cpshim.ring.parity.run_case`: the tiny Llama of the parity tests,
@@ -26,6 +27,9 @@ the same memory target. GRPO's generation time: bench/bench_grpo_generation.py.
 With `--model gemma3`, parity's tiny Gemma 3 with 6 layers, 5 sliding (window `--window`, default 512) : 1 full,
 HF Trainer: memory target <= 0.55x, and the bytes the sliding layers receive (halo rows forward, their gradients
 backward) <= 1/8 of what an all-gather of their keys/values (and a reduce-scatter of the gradients) would bring.
+With `--model lfm2`, parity's tiny LFM2 with 6 layers, conv, conv, full twice (kernel 3), HF Trainer: memory
+target <= 0.6x, and the conv layers' halo exchange (kernel - 1 input rows per run, gradients back) <= 5 % of a
+step (issue 10's target for the mixers' exchanges); the hook target holds as for every model.
 A MISS is reported, not failed: the exit status is 0 unless a run crashed.
 """
 
@@ -51,6 +55,8 @@ CHECKS_OUTSIDE = ("check_local_length", "check_all_ran", "halo_exchange")
 
 BYTES_TARGET = 1 / 8
 GEMMA3_MEM_TARGET = 0.55
+MIXER_EXCHANGE_TARGET = 0.05
+HALO_OF = {"gemma3": "sliding layers", "lfm2": "conv layers"}
 OPTS: dict = {"hidden": None, "mmap_threshold": None, "trainer": "sft", "model": "llama", "window": 512}
 
 
@@ -119,8 +125,8 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
              ["-"] + [f"{r['steps'][i]['parts_s'].get('hook', 0) * 1e3:.2f}" for r in ring])
         line("    of which check_same_batch (ms)",
              ["-"] + [f"{r['steps'][i]['parts_s'].get('check_same_batch', 0) * 1e3:.2f}" for r in ring])
-        if OPTS["model"] == "gemma3":
-            line("  sliding layers' halo exchange (ms)",
+        if OPTS["model"] in HALO_OF:
+            line(f"  {HALO_OF[OPTS['model']]}' halo exchange (ms)",
                  ["-"] + [f"{r['steps'][i]['parts_s'].get('halo_exchange', 0) * 1e3:.2f}" for r in ring])
         line("  tripwires and exchanges outside hook (ms)",
              ["-"] + [f"{sum(r['steps'][i]['parts_s'].get(k, 0) for k in CHECKS_OUTSIDE) * 1e3:.3f}" for r in ring])
@@ -143,19 +149,28 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
     print(f"  memory: cp=2 per rank / 1 process = {ratio:.3f}x (worst rank; "
           f"{max(_extra(r) for r in ring):.1f} / {_extra(single):.1f} MiB), target <= {target}x: "
           f"{'OK' if mem_ok else 'MISS'}")
-    bytes_ratio = None
-    if OPTS["model"] == "gemma3":
+    bytes_ratio = exchange_share = None
+    if OPTS["model"] in HALO_OF:
+        layers = HALO_OF[OPTS["model"]]
         bytes_ratio = max(r["halo_bytes"] / r["gather_bytes"] for r in ring)
-        print(f"  sliding layers: waited {max(r.get('halo_wait_s', 0) for r in ring):.2f} s in all for the slower "
+        print(f"  {layers}: waited {max(r.get('halo_wait_s', 0) for r in ring):.2f} s in all for the slower "
               "rank before their exchanges (untimed barrier: rank imbalance, not the exchange's cost)")
-        print(f"  sliding layers: received {max(r['halo_bytes_per_step'] for r in ring) / 2**20:.2f} MiB per step "
-              f"(worst rank) = {bytes_ratio:.4f} of an all-gather of their keys/values, target <= {BYTES_TARGET}: "
-              f"{'OK' if bytes_ratio <= BYTES_TARGET else 'MISS'}")
+        verdict = f", target <= {BYTES_TARGET}: {'OK' if bytes_ratio <= BYTES_TARGET else 'MISS'}" \
+            if OPTS["model"] == "gemma3" else ""
+        print(f"  {layers}: received {max(r['halo_bytes_per_step'] for r in ring) / 2**20:.3f} MiB per step "
+              f"(worst rank) = {bytes_ratio:.4f} of an all-gather of the same rows{verdict}")
+    if OPTS["model"] == "lfm2":
+        exchange_share = max(sum(s["parts_s"].get("halo_exchange", 0) for s in r["steps"])
+                             / sum(s["step_s"] for s in r["steps"]) for r in ring)
+        print(f"  conv layers: their halo exchange is {100 * exchange_share:.3f} % of step time (worst rank, all "
+              f"steps), target <= {100 * MIXER_EXCHANGE_TARGET:g} %: "
+              f"{'OK' if exchange_share <= MIXER_EXCHANGE_TARGET else 'MISS'}")
     print(f"  hook:   {100 * share_all:.3f} % of step time (worst rank, all {steps} steps summed; worst single step "
           f"{100 * share_worst:.3f} %), target <= {100 * HOOK_TARGET:g} %: "
           f"{'n/a (' + OPTS['trainer'] + ')' if hook_ok is None else 'OK' if hook_ok else 'MISS'}")
     print(f"  (sanity) loss rel. diff cp=2 vs 1 process: {loss_err:.2e}")
-    return {"seq": seq, "mem_ratio": ratio, "hook_share": share_all, "bytes_ratio": bytes_ratio, "hook_share_worst_step": share_worst,
+    return {"seq": seq, "mem_ratio": ratio, "hook_share": share_all, "bytes_ratio": bytes_ratio,
+            "exchange_share": exchange_share, "hook_share_worst_step": share_worst,
             "mem_ok": mem_ok, "hook_ok": hook_ok, "loss_rel_diff": loss_err}
 
 
@@ -167,8 +182,9 @@ def main() -> int:
     ap.add_argument("--trainer", choices=("sft", "dpo", "grpo"), default="sft",
                     help="sft: HF Trainer, the parity run (default); dpo: TRL's DPOTrainer, the backbone path; "
                          "grpo: TRL's GRPOTrainer (a generation batch, the backbone path)")
-    ap.add_argument("--model", choices=("llama", "gemma3"), default="llama",
-                    help="llama: parity's tiny Llama (default); gemma3: 5 sliding : 1 full layers (HF Trainer)")
+    ap.add_argument("--model", choices=("llama", "gemma3", "lfm2"), default="llama",
+                    help="llama: parity's tiny Llama (default); gemma3: 5 sliding : 1 full layers; lfm2: 2 conv : "
+                         "1 full layers (HF Trainer)")
     ap.add_argument("--window", type=int, default=512, help="--model gemma3: the sliding window (default 512)")
     ap.add_argument("--hidden", type=int, help="diagnostic: parity's tiny Llama with this hidden size "
                     "(intermediate 2x; default: parity's own config)")
@@ -179,12 +195,14 @@ def main() -> int:
     OPTS.update(hidden=a.hidden, mmap_threshold=a.malloc_mmap_threshold, trainer=a.trainer, model=a.model,
                 window=a.window)
     seqs = [int(s) for s in a.seq_len.split(",")]
+    from bench._ring_cp_worker import GEMMA3_LAYERS, LFM2_LAYERS
     from cpshim.ring import parity
 
-    cfg = parity._config({"model": a.model, "window": a.window, "layer_types": ["sliding_attention"] * 5
-                          + ["full_attention"]} if a.model == "gemma3" else None)
+    cfg = parity._config({"model": a.model, "window": a.window,
+                          "layer_types": {"gemma3": GEMMA3_LAYERS, "lfm2": LFM2_LAYERS}.get(a.model)})
     hidden = a.hidden or cfg.hidden_size
-    print(f"cpshim ring CP benchmark: tiny {'Gemma 3, window ' + str(a.window) if a.model == 'gemma3' else 'Llama'} "
+    name = {"gemma3": f"Gemma 3, window {a.window}", "lfm2": "LFM2, conv kernel 3", "llama": "Llama"}[a.model]
+    print(f"cpshim ring CP benchmark: tiny {name} "
           f"({'parity config' if not a.hidden else 'parity config, --hidden'}: "
           f"hidden {hidden}, intermediate {2 * hidden if a.hidden else cfg.intermediate_size}, "
           f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads / {cfg.num_key_value_heads} kv heads, "

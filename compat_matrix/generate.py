@@ -289,7 +289,8 @@ def merge(docs: dict[str, dict], only: tuple[str, ...]) -> dict[str, dict]:
                 raise SystemExit(f"--only: the existing {OUTPUTS[key].name} lacks {sorted(missing)}: "
                                  "run without --only")
             old["patches"] = {**{p: v for p, v in old["patches"].items() if p in keep}, **doc["patches"]}
-        old["ranges"] = doc["ranges"]
+        # a dist not re-read keeps its range (a kept-by-requirement dist's floor is its oldest release kept)
+        old["ranges"] = {d: (r if d in only else old.get("ranges", {}).get(d, r)) for d, r in doc["ranges"].items()}
         out[key] = old
     return out
 

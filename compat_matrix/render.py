@@ -35,7 +35,7 @@ STATIC_KEYS = ("id", "transformers", "accelerate", "python", "torch", "trl", "su
 #: Distributions a cell installs at its own version, besides transformers/accelerate/torch: absent from a
 #: cell means not installed there (that cell proves "TRL missing: nothing changes").
 OPTIONAL_DISTS = ("trl",)
-SUITES = ("full", "smoke", "torch", "trl")
+SUITES = ("full", "smoke", "torch", "trl", "mixers")
 MARK = {"passed": "passed", "failed": "**FAILED**", "untested": "untested", "unsupported": "**unsupported**",
         "not-run": "not run"}
 

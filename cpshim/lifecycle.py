@@ -116,6 +116,13 @@ def is_active(patch_id: str) -> bool:
     st = _states.get(patch_id)
     return st is not None and st.active
 
+
+def selection(patch_id: str) -> Selection | None:
+    """The variant chosen for the installed versions (None: no such patch), applied or not."""
+    st = _states.get(patch_id)
+    return None if st is None else st.selection
+
+
 def _dispatch(patch_id: str, original: Callable[..., Any], this: Any, args: tuple, kwargs: dict) -> Any:
     st = _states[patch_id]
     if st.raise_on_call is not None:

@@ -84,10 +84,19 @@ def _wrap_function(patch_id: str, func: Callable[..., Any], dispatch: Dispatch) 
 
 
 def _wrap_gated(patch_id: str, func: Callable[..., Any], dispatch: Dispatch, gate: Gate) -> Callable[..., Any]:
-    """A lookup `(self, key)`: no */** packing on the closed path, which would cost more than the lookup."""
+    """A method that runs upstream itself while the gate is closed. A lookup `(self, key)` gets a wrapper
+    without */** packing on the closed path (it would cost more than the lookup); any other method passes its
+    arguments through (a module's forward, which costs far more than the packing)."""
     code = getattr(func, "__code__", None)
     if code is None or code.co_argcount != 2 or code.co_flags & 0x0C or code.co_kwonlyargcount:
-        raise TypeError(f"a gated target must be a method (self, key); {func!r} is not (patch {patch_id})")
+        @functools.wraps(func)
+        def method(self, *args, **kwargs):
+            if gate.open:
+                return dispatch(patch_id, func.__get__(self, type(self)), self, args, kwargs)
+            return func(self, *args, **kwargs)
+
+        setattr(method, MARK, patch_id)
+        return method
 
     @functools.wraps(func)
     def wrapper(self, key):

@@ -49,7 +49,8 @@ def test_an_exact_row_is_within_the_rule_it_states():
     ("gpt_oss", "exact", ""),
     ("deepseek_v3", "exact", ""),
     ("qwen3_next", "refused", "linear_attention"),
-    ("lfm2", "refused", "conv"),
+    ("lfm2", "exact", ""),
+    ("bamba", "refused", "linear_attention"),
     ("diffllama", "exact", "exact in fp16"),  # bf16 rounding over the rule, exact in fp16
     ("gpt_neox_japanese", "refused", "did not run ring attention"),  # inline attention, named `attention`
     ("bart", "refused", "takes no position_ids"),

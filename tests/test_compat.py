@@ -21,6 +21,7 @@ from packaging.version import Version
 import cpshim
 import cpshim.compat
 from cpshim.patches.catalog import ACCELERATE_CEILING, REGISTRY, TRANSFORMERS_CEILING, TRL_CEILING
+from cpshim.patches.mixer_catalog import MIXER_PATCHES
 from cpshim.patches.torch_uses import TORCH_CEILING
 from cpshim.registry import PATCH, USES
 from tests.helpers import ROOT, run_python
@@ -185,6 +186,8 @@ def test_every_fingerprint_group_has_a_full_cell():
             proving: tuple = ("full", "torch")  # torch cells run the multi-rank tests
         elif patch.dist == "trl":
             proving = ("full", "trl")  # trl cells run TRL's parity suites
+        elif patch in MIXER_PATCHES:
+            proving = ("full", "mixers")  # mixers cells run the mixers' parity (tests/parity/test_mixer_parity.py)
         else:
             proving = ("full",)
         for fp, releases in groups[patch.id].items():

@@ -25,6 +25,8 @@ SLIDING = "sliding_attention"
 #: Layer types ring mode computes exactly: full attention by the ring, sliding windows by a halo exchange
 #: (`cpshim.ring.sliding`). Any other type, and any type a future release adds, is refused.
 RING_LAYER_TYPES = ("full_attention", SLIDING)
+#: LFM2's short-convolution layers: computed where their family's registry patch runs (`cpshim.ring.short_conv`)
+CONV = "conv"
 
 
 def text_config(config: Any) -> Any:
@@ -49,15 +51,37 @@ def non_full_attention_layers(model_or_config: Any) -> list[str]:
     return ["sliding_attention"] if getattr(text, "sliding_window", None) else []
 
 
+def ring_uncomputed(model_or_config: Any, applied: bool = True) -> tuple[list[str], list[str]]:
+    """(layer types ring mode would compute wrongly, why for those that a patch could compute): full and
+    sliding attention always computed; conv layers where their family's patch runs (`cpshim.ring.short_conv`;
+    `applied` False: where it is selected)."""
+    bad = [t for t in non_full_attention_layers(model_or_config) if t not in RING_LAYER_TYPES]
+    if CONV not in bad:
+        return bad, []
+    from ..ring.short_conv import uncovered
+
+    why = uncovered(getattr(model_or_config, "config", model_or_config), applied)
+    return ([t for t in bad if t != CONV], []) if why is None else (bad, [why])
+
+
+def ring_layers_problem(model_or_config: Any, name: str, applied: bool = True) -> str | None:
+    bad, why = ring_uncomputed(model_or_config, applied)
+    if not bad:
+        return None
+    return (f"{name} has {', '.join(bad)} layers: ring mode computes only {' and '.join(RING_LAYER_TYPES)} "
+            f"layers exactly" + "".join(f" ({w})" for w in why))
+
+
 def check_layers(model: Any, mode: str) -> None:
-    bad = [t for t in non_full_attention_layers(model) if mode != RING or t not in RING_LAYER_TYPES]
+    if mode == RING:
+        problem = ring_layers_problem(model, type(model).__name__)
+        if problem:
+            raise CpshimRuntimeError(f"cpshim ring mode refuses this model: {problem}: use such a model, or train "
+                                     "it without cpshim.enable()")
+        return
+    bad = non_full_attention_layers(model)
     if not bad:
         return
-    if mode == RING:
-        raise CpshimRuntimeError(
-            f"cpshim ring mode refuses this model: {type(model).__name__} has layers of type {', '.join(bad)}, and "
-            f"ring mode computes only {' and '.join(RING_LAYER_TYPES)} layers exactly: use such a model, or "
-            "train it without cpshim.enable()")
     reason = (f"{type(model).__name__} has attention layers of type {', '.join(bad)}; context parallelism "
               "over the full sequence computes them wrongly: use a model with full attention only, or disable CP")
     lifecycle.notice("non-full-attention", reason, model=type(model).__name__)

@@ -48,19 +48,24 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
         return 1, [f"cpshim check --model: ring mode REFUSES {name}",
                    f"  {name} is not a causal language model in transformers' auto mappings (causal LM, "
                    "image-text-to-text): ring attention is causal by construction"]
-    problems = config_problems(config, heads_k_stride)
+    problems = config_problems(config, heads_k_stride, applied=False)
     if problems:
         head = [f"cpshim check --model: ring mode REFUSES {name}"]
         return 1, head + [f"  {p}" for p in problems] + _table(name, table)
-    from ..patches.accelerate_prepare_cp import SLIDING, non_full_attention_layers, text_config
+    from ..patches.accelerate_prepare_cp import CONV, SLIDING, non_full_attention_layers, text_config
 
     at_run = _refused_when_run(name) if table else None
     if at_run:
         return 1, [f"cpshim check --model: ring mode REFUSES {name}", f"  {at_run}"] + _table(name, table)
-    sliding = SLIDING in non_full_attention_layers(config)
+    kinds = non_full_attention_layers(config)
+    how = ["full layers by the ring"]
+    if SLIDING in kinds:
+        how.append("sliding-window layers by a halo exchange of window - 1 tokens")
+    if CONV in kinds:
+        how.append("conv layers by a halo of kernel - 1 input rows (strategy='varlen' refused: transformers runs "
+                   "them across packed documents)")
     lines = [f"cpshim check --model: ring mode runs {name} ("
-             + ("full layers by the ring, sliding-window layers by a halo exchange of window - 1 tokens)" if sliding
-                else "full causal attention in every layer)")]
+             + (", ".join(how) if len(how) > 1 else "full causal attention in every layer") + ")"]
     text = text_config(config)
     if getattr(text, "attn_logit_softcapping", None):
         lines.append(f"  attention logit softcap {text.attn_logit_softcapping}: computed by cpshim's reference kernels "

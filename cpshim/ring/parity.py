@@ -3,7 +3,8 @@
 Used by `cpshim demo` and by the parity tests. One launch runs several cases in sequence so that
 each process pays the Trainer import once. A case is a dict: strategy, batch, seq_len, steps,
 grad_accum, packed (documents restart position_ids), negative (ring without the KV exchange: the
-control that must fail the check).
+control that must fail the check), refused (the CP run must stop with a tripwire; its message is the
+result).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def run_case(case: dict, cp: int) -> dict:
                       **extra_trainer,
                       compute_metrics=_token_accuracy if case.get("eval") else None)
     try:
-        if case.get("rank_seeded"):
+        if case.get("rank_seeded") or case.get("refused") and cp > 1:  # the run must stop with a tripwire
             from .tripwires import TripwireError
 
             try:

@@ -23,9 +23,10 @@ _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_siz
 
 
 def config(case: dict) -> Any:
-    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, or `auto:<model type>`),
-    `window` for the sliding ones,
-    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding); the vision-language
+    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, lfm2, lfm2_moe, lfm3, or
+    `auto:<model type>`), `window` for the sliding ones, `kernel` for LFM2's convolutions,
+    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding) and lfm2 (default conv,
+    full, conv); the vision-language
     models of `parity_vlm`."""
     import transformers
 
@@ -57,6 +58,19 @@ def config(case: dict) -> Any:
     if name == "qwen2":
         return transformers.Qwen2Config(**{**_SIZES, "num_hidden_layers": len(mixed)}, use_sliding_window=True,
                                         sliding_window=case["window"], layer_types=mixed)
+    if name == "lfm2":  # short-convolution layers (kernel `kernel`, upstream's default 3) around a full layer
+        types = case.get("layer_types", ["conv", "full_attention", "conv"])
+        return transformers.Lfm2Config(**{**_SIZES, "num_hidden_layers": len(types)}, layer_types=types,
+                                       conv_L_cache=case.get("kernel", 3))
+    if name == "lfm2_moe":  # the same with 4 experts (2 per token) after one dense layer (transformers >= 5)
+        return transformers.Lfm2MoeConfig(**{**_SIZES, "num_hidden_layers": 3}, layer_types=["conv", "full_attention",
+                                          "conv"], conv_L_cache=case.get("kernel", 3), num_experts=4,
+                                          num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1)
+    if name == "lfm3":  # conv (upstream's kernel 7), sliding (window `window`) and full layers (transformers >= 5.23)
+        return transformers.Lfm3Config(**{**_SIZES, "num_hidden_layers": 4}, head_dim=16, sliding_window=case["window"],
+                                       pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                       layer_types=["conv", "sliding_attention", "full_attention", "conv"],
+                                       conv_L_cache=case.get("kernel", 7))
     if name == "deepseek_v3":  # MLA: q/k head dim 24 (16 + 8 rope), v head dim 8; dense MLPs only (MoE apart)
         return transformers.DeepseekV3Config(**{**_SIZES, "num_key_value_heads": 4}, moe_intermediate_size=32,
                                              n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..patches.mixer_catalog import MIXER_CLASSES
 from . import eager, vlm
 
 
@@ -23,6 +24,9 @@ class Step:
         inside = None if decoder is None else {id(m) for m in decoder.modules()}
         self.expected = {name: m for name, m in model.named_modules()
                          if name.endswith("self_attn") and (inside is None or id(m) in inside)}
+        # Mixers other than attention that must run their CP path (their registry patch): LFM2's conv layers.
+        self.mixers = {name: m for name, m in model.named_modules() if (type(m).__module__, type(m).__name__)
+                       in MIXER_CLASSES and (inside is None or id(m) in inside)}
         self.eager = eager.configs(self.expected.values())  # routed to the ring while this step is current
         self.ran: set[int] = set()
         self.called: set[int] = set()  # attention-like modules that ran (`tripwires.watch`), and its hooks

@@ -11,7 +11,7 @@ import contextlib
 from typing import Any, Iterator
 
 from ..errors import CpshimRuntimeError
-from ..patches.accelerate_prepare_cp import RING_LAYER_TYPES, non_full_attention_layers, text_config
+from ..patches.accelerate_prepare_cp import ring_layers_problem, text_config
 from . import layout, positions, runtime, sharding, tripwires, vlm
 from .step import Step
 
@@ -28,19 +28,20 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
-def config_problems(config: Any, heads_k_stride: int = 1, provider: str | None = None) -> list[str]:
+def config_problems(config: Any, heads_k_stride: int = 1, provider: str | None = None,
+                    applied: bool = True) -> list[str]:
     """What ring attention over the whole sequence would compute wrongly for a model of this config (the
     refusals of `check_model`, also answered by `cpshim check --model` without building the model). `provider`:
-    the kernel provider ring-flash-attn is bound to (None: not known yet)."""
+    the kernel provider ring-flash-attn is bound to (None: not known yet); `applied`: the mixer patches a conv
+    layer needs must run (False: be selected, as `cpshim check --model` asks before anything is applied)."""
     out = []
     impl = getattr(config, "_attn_implementation", None)
     if impl in _REFUSED_ATTENTION:
         out.append(f"attn_implementation={impl!r} is not routed through transformers' attention registry; "
                    "load the model with attn_implementation='sdpa', 'eager' or 'flash_attention_2'")
-    bad = [t for t in non_full_attention_layers(config) if t not in RING_LAYER_TYPES]
-    if bad:
-        out.append(f"{type(config).__name__.removesuffix('Config')} has {', '.join(bad)} layers: ring mode computes "
-                   f"only {' and '.join(RING_LAYER_TYPES)} layers exactly")
+    layers = ring_layers_problem(config, type(config).__name__.removesuffix("Config"), applied)
+    if layers:
+        out.append(layers)
     text = text_config(config)
     if getattr(text, "attention_dropout", None):
         out.append(f"config.attention_dropout={text.attention_dropout!r} is not supported by the ring kernels "

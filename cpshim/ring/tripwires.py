@@ -35,6 +35,13 @@ def watch(step: Step) -> list[Any]:
 
 
 def check_all_ran(step: Step) -> None:
+    idle = [name for name, m in step.mixers.items() if id(m) not in step.ran]
+    if idle:
+        raise TripwireError(
+            f"cpshim ring mode: {len(idle)} sequence mixer(s) did not run their CP path on a sharded step "
+            f"({', '.join(idle[:4])}{'...' if len(idle) > 4 else ''}): they mixed only the local shard. Their "
+            "forward is not the one cpshim patched (replaced by a kernel hub, or the patch is not applied: "
+            "`cpshim report`): train this model without cpshim.enable()")
     missing = [name for name, m in step.expected.items() if id(m) not in step.ran]
     if not missing and step.called:
         routed = [n for n, m in step.root.named_modules() if id(m) in step.ran]

@@ -195,6 +195,24 @@ def test_sliding_window_model_passes_the_model_checks(trainer, ring, batch):
         _prepare(trainer, chunked, batch)
 
 
+def test_conv_layers_pass_where_their_family_patch_runs(trainer, ring, batch):
+    """LFM2's conv layers run the `lfm2-short-conv` patch (`cpshim.ring.short_conv`): its model passes the model
+    checks; conv layers in a family no patch computes are refused, naming the family and what to do."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, attn_implementation="sdpa")
+    lfm2 = Lfm2ForCausalLM(Lfm2Config(**sizes, layer_types=["conv", "full_attention"]))
+    with pytest.raises(cpshim.CpshimRuntimeError, match="processes per CP group"):
+        _prepare(trainer, lfm2, batch)
+    config = Qwen3Config(**sizes)
+    config.layer_types = ["conv", "full_attention"]  # set after the config's own validation (4.x checks the names)
+    other = Qwen3ForCausalLM(config)
+    with pytest.raises(cpshim.CpshimRuntimeError, match="qwen3 has conv layers that no cpshim patch computes .*"
+                                                        "without cpshim.enable"):
+        _prepare(trainer, other, batch)
+
+
 def test_label_smoothing_is_refused(trainer, ring, batch):
     from transformers.trainer_pt_utils import LabelSmoother
 

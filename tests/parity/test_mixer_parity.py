@@ -1,0 +1,75 @@
+"""Sequence mixers other than attention under ring CP, with a real Trainer on 2 gloo ranks, equal one process
+(all cases in one launch): LFM2's short convolutions (`cpshim.ring.short_conv`, a halo of kernel - 1 input rows).
+
+- lfm2 (conv, full, conv) on zigzag with batch 2, contiguous with kernel 5, zigzag with a kernel of 20, wider
+  than a zigzag chunk (16 tokens), whose halo spans two ranks; lfm2_moe (experts) where transformers has it
+  (>= 5.0); lfm3 (conv of kernel 7, a sliding layer of window 8, a full layer) where it has it (>= 5.23).
+- varlen with packed documents is refused by name (transformers runs the convolution across documents even in
+  one process: there is no exact answer to match).
+- The negative control (each run without the rows before it) must fail the same check.
+
+Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
+file for each fingerprint group of the short-conv patches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.helpers import run_parity_pair
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
+if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn")):
+    pytest.skip("needs torch, transformers, accelerate and ring-flash-attn", allow_module_level=True)
+
+LOSS_RTOL = 1e-3
+GRAD_RTOL = 2e-2
+
+
+def _has(model_type: str) -> bool:
+    return importlib.util.find_spec(f"transformers.models.{model_type}") is not None
+
+
+SEQ = {"batch": 1, "seq_len": 64, "steps": 2}
+CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
+    {"id": "conv-lfm2-zigzag-b2", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2},
+    {"id": "conv-lfm2-contiguous-k5", "model": "lfm2", "kernel": 5, "strategy": "contiguous", **SEQ},
+    {"id": "conv-lfm2-zigzag-k20", "model": "lfm2", "kernel": 20, "strategy": "zigzag", **SEQ},
+    *([{"id": "conv-lfm2_moe-zigzag-b2", "model": "lfm2_moe", "strategy": "zigzag", **SEQ, "batch": 2}]
+      if _has("lfm2_moe") else []),
+    *([{"id": "conv-lfm3-zigzag-w8", "model": "lfm3", "window": 8, "strategy": "zigzag", **SEQ, "batch": 2}]
+      if _has("lfm3") else []),
+    {"id": "conv-lfm2-varlen-refused", "model": "lfm2", "strategy": "varlen", **SEQ, "batch": 2, "packed": True,
+     "refused": True},
+    {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},
+]
+JUDGED = [c["id"] for c in CASES if not c.get("negative") and not c.get("refused")]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return run_parity_pair("cpshim.ring.parity", CASES, str(tmp_path_factory.mktemp("mixers")))
+
+
+@pytest.mark.parametrize("case", JUDGED)
+def test_model_matches_one_process(results, case):
+    from cpshim.ring.parity import compare
+
+    verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    print(case, verdict)
+    assert verdict["ok"], verdict
+
+
+def test_conv_layers_refuse_packed_documents(results):
+    ring = results["conv-lfm2-varlen-refused"][1]
+    assert "Lfm2ShortConv" in (ring["error"] or "") and "strategy='zigzag'" in ring["error"], ring
+
+
+def test_negative_control_fails_the_same_check(results):
+    from cpshim.ring.parity import compare
+
+    verdict = compare(*results["negative-no-conv-halo"], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL)
+    print(verdict)
+    assert not verdict["ok"], f"the conv layers without their halo passed the parity check: {verdict}"
