@@ -87,6 +87,7 @@ def _with_hidden(parity: Any, hidden: int) -> None:
 
 GEMMA3_LAYERS = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 3's pattern: 5 sliding : 1 full
 LFM2_LAYERS = ["conv", "conv", "full_attention"] * 2  # LFM2's pattern (1.2B: 10 conv : 6 full, kernel 3)
+QWEN3_5_LAYERS = ["linear_attention"] * 3 + ["full_attention"]  # Qwen3.5's pattern: 3 linear : 1 full
 
 
 def _count_halo(rec: dict, timer: "_Timer") -> None:
@@ -166,8 +167,14 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         case.update(model="gemma3", window=window, layer_types=GEMMA3_LAYERS, upstream_masks=False)
     elif model == "lfm2":
         case.update(model="lfm2", layer_types=LFM2_LAYERS)
-    if model != "llama" and cp > 1:
+    elif model == "qwen3_5":
+        case.update(model="qwen3_5", layer_types=QWEN3_5_LAYERS)
+    if model in ("gemma3", "lfm2") and cp > 1:
         _count_halo(rec, timer)
+    if model == "qwen3_5" and cp > 1:  # the linear layers' chain: its blocking sends/receives, waits included
+        import torch.distributed as dist
+
+        dist.send, dist.recv = timer.wrap("chain_p2p", dist.send), timer.wrap("chain_p2p", dist.recv)
     t0 = time.perf_counter()
     if trainer == "dpo":  # TRL's DPOTrainer, one chosen/rejected pair of seq_len tokens each (the backbone path)
         from tests.parity import _pref_worker

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from .. import lifecycle
 from ..errors import CpshimRuntimeError, CpshimWarning
 from ..modes import RING, cp_owned
+from .mixer_catalog import CONV, LINEAR
 
 
 @contextlib.contextmanager
@@ -25,8 +26,9 @@ SLIDING = "sliding_attention"
 #: Layer types ring mode computes exactly: full attention by the ring, sliding windows by a halo exchange
 #: (`cpshim.ring.sliding`). Any other type, and any type a future release adds, is refused.
 RING_LAYER_TYPES = ("full_attention", SLIDING)
-#: LFM2's short-convolution layers: computed where their family's registry patch runs (`cpshim.ring.short_conv`)
-CONV = "conv"
+#: Mixers other than attention, computed where their family's registry patch runs (`cpshim.ring.mixers`):
+#: LFM2's short convolutions, Qwen3-Next / Qwen3.5's Gated DeltaNet
+MIXER_LAYER_TYPES = (CONV, LINEAR)
 
 
 def text_config(config: Any) -> Any:
@@ -53,23 +55,26 @@ def non_full_attention_layers(model_or_config: Any) -> list[str]:
 
 def ring_uncomputed(model_or_config: Any, applied: bool = True) -> tuple[list[str], list[str]]:
     """(layer types ring mode would compute wrongly, why for those that a patch could compute): full and
-    sliding attention always computed; conv layers where their family's patch runs (`cpshim.ring.short_conv`;
-    `applied` False: where it is selected)."""
+    sliding attention always computed; `conv` and `linear_attention` layers where their family's mixer patch
+    runs (`cpshim.ring.mixers`; `applied` False: where it is selected)."""
     bad = [t for t in non_full_attention_layers(model_or_config) if t not in RING_LAYER_TYPES]
-    if CONV not in bad:
+    mixed = [t for t in bad if t in MIXER_LAYER_TYPES]
+    if not mixed:
         return bad, []
-    from ..ring.short_conv import uncovered
+    from ..ring.mixers import uncovered
 
-    why = uncovered(getattr(model_or_config, "config", model_or_config), applied)
-    return ([t for t in bad if t != CONV], []) if why is None else (bad, [why])
+    config = getattr(model_or_config, "config", model_or_config)
+    why = {t: uncovered(config, t, applied) for t in mixed}
+    return [t for t in bad if why.get(t, "") is not None], [w for w in why.values() if w is not None]
 
 
 def ring_layers_problem(model_or_config: Any, name: str, applied: bool = True) -> str | None:
     bad, why = ring_uncomputed(model_or_config, applied)
     if not bad:
         return None
+    mixers = " (and conv / linear_attention layers of the families its patches cover)" if why else ""
     return (f"{name} has {', '.join(bad)} layers: ring mode computes only {' and '.join(RING_LAYER_TYPES)} "
-            f"layers exactly" + "".join(f" ({w})" for w in why))
+            f"layers exactly{mixers}" + "".join(f"; {w}" for w in why))
 
 
 def check_layers(model: Any, mode: str) -> None:

@@ -155,6 +155,18 @@ def _skip_halo() -> None:
     sliding.plan = no_halo  # type: ignore[assignment]
 
 
+def _skip_state() -> None:
+    """Negative control of the linear-attention layers: every run starts from no state (nothing passed on)."""
+    from . import delta_rule
+
+    exact = delta_rule.chain
+
+    def no_state(*args: Any) -> Any:
+        return tuple((local, start, length, None, None, i) for local, start, length, _, _, i in exact(*args))
+
+    delta_rule.chain = no_state  # type: ignore[assignment]
+
+
 class _Recorder:
     def __init__(self) -> None:
         from transformers import TrainerCallback
@@ -193,6 +205,8 @@ def run_case(case: dict, cp: int) -> dict:
         extra["parallelism_config"] = ParallelismConfig(cp_size=cp)
         if case.get("negative") == "no-halo":
             _skip_halo()
+        elif case.get("negative") == "no-state":
+            _skip_state()
         elif case.get("negative") == "positions-per-shard":
             parity_vlm.positions_per_shard()
         elif case.get("negative") in ("no-softcap", "no-sinks"):

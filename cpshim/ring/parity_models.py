@@ -23,8 +23,8 @@ _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_siz
 
 
 def config(case: dict) -> Any:
-    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, lfm2, lfm2_moe, lfm3, or
-    `auto:<model type>`), `window` for the sliding ones, `kernel` for LFM2's convolutions,
+    """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, lfm2, lfm2_moe, lfm3, qwen3_5,
+    qwen3_next, or `auto:<model type>`), `window` for the sliding ones, `kernel` for LFM2's convolutions,
     `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding) and lfm2 (default conv,
     full, conv); the vision-language
     models of `parity_vlm`."""
@@ -71,6 +71,15 @@ def config(case: dict) -> Any:
                                        pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                        layer_types=["conv", "sliding_attention", "full_attention", "conv"],
                                        conv_L_cache=case.get("kernel", 7))
+    if name in ("qwen3_5", "qwen3_next"):  # Gated DeltaNet (linear_attention, conv kernel 4) and full layers
+        types = case.get("layer_types", ["linear_attention", "full_attention", "linear_attention"])
+        deltanet = dict(layer_types=types, head_dim=16, linear_num_value_heads=4, linear_num_key_heads=2,
+                        linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4)
+        sizes = {**_SIZES, "num_hidden_layers": len(types)}
+        if name == "qwen3_5":
+            return transformers.Qwen3_5TextConfig(**sizes, **deltanet)
+        return transformers.Qwen3NextConfig(**sizes, **deltanet, num_experts=4, num_experts_per_tok=2,  # experts too
+                                            moe_intermediate_size=32, shared_expert_intermediate_size=32)
     if name == "deepseek_v3":  # MLA: q/k head dim 24 (16 + 8 rope), v head dim 8; dense MLPs only (MoE apart)
         return transformers.DeepseekV3Config(**{**_SIZES, "num_key_value_heads": 4}, moe_intermediate_size=32,
                                              n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,

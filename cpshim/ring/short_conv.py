@@ -66,24 +66,3 @@ def kernel_size(module: Any) -> int:
             "halo it needs is unknown: report this transformers release to cpshim")
     return int(weight.shape[-1])
 
-
-def uncovered(config: Any, applied: bool) -> str | None:
-    """Why ring mode cannot compute this config's conv layers (None: a patch computes them). `applied`: the
-    patch must be running (a model about to train), else selected for the installed versions (`cpshim check
-    --model`, before anything is applied)."""
-    from .. import lifecycle
-    from ..patches.accelerate_prepare_cp import text_config
-    from ..patches.mixer_catalog import SHORT_CONV_OF
-
-    model_type = getattr(text_config(config), "model_type", None)
-    pid = SHORT_CONV_OF.get(model_type)
-    if pid is None:
-        return (f"{model_type} has conv layers that no cpshim patch computes (cpshim knows those of "
-                f"{', '.join(SHORT_CONV_OF)}): train it without cpshim.enable()")
-    if lifecycle.is_active(pid):
-        return None
-    chosen = lifecycle.selection(pid)
-    if chosen is not None and chosen.variant is not None and not applied:
-        return None
-    why = chosen.reason if chosen is not None and chosen.variant is None else "it is not applied (cpshim.apply())"
-    return f"{model_type}'s conv layers are computed by patch {pid}, and {why}"

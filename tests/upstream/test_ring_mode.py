@@ -213,6 +213,24 @@ def test_conv_layers_pass_where_their_family_patch_runs(trainer, ring, batch):
         _prepare(trainer, other, batch)
 
 
+def test_linear_attention_passes_where_its_patch_runs_and_names_the_upgrade_below(trainer, ring, batch):
+    """Qwen3.5's Gated DeltaNet runs `qwen3-5-gated-deltanet` (`cpshim.ring.delta_rule`) from transformers 5.21;
+    below, its layers are refused, naming the release to upgrade to."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Qwen3_5TextConfig"):
+        pytest.skip("no Qwen3.5 in this transformers")
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=8,
+        linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"], attn_implementation="sdpa"))
+    applies = cpshim.report()["qwen3-5-gated-deltanet"].variant is not None
+    with pytest.raises(cpshim.CpshimRuntimeError,
+                       match="processes per CP group" if applies else "linear_attention layers.*upgrade transformers to >= 5.21"):
+        _prepare(trainer, model, batch)
+
+
 def test_label_smoothing_is_refused(trainer, ring, batch):
     from transformers.trainer_pt_utils import LabelSmoother
 

@@ -1,0 +1,218 @@
+"""Gated DeltaNet layers (Qwen3-Next, Qwen3.5) under CP: the recurrent state passed along the sequence.
+
+The mixer is in_proj, a depthwise causal conv1d of k taps, the gated delta rule (a recurrence whose state,
+heads x k_head_dim x v_head_dim per row, carries everything before a position), a gated norm, out_proj. So
+the run of positions a rank holds needs exactly two things from before it: the k conv input rows and the
+state. Upstream's forward already takes both from its cache (chunked prefill, transformers >= 5.21: the
+conv reads the cached rows, `chunk_gated_delta_rule` starts from the cached state), so cpshim hands each
+run a one-run cache holding what the run before it left, and runs upstream's own forward and kernels.
+
+Which exchange, and why: the runs follow the sequence one after another (a chain: rank 0's first chunk,
+then the next chunk's owner, ...; under zigzag a rank's two chunks are far apart and wait for the others),
+each sending its successor the conv rows and the state, point to point, once per layer call; the backward
+sends their gradients back along the chain. That moves O(state) per run boundary (no sequence data), is
+exact, and costs no extra compute; the price is that the linear layers' core runs in sequence over the CP
+group, not in parallel (the issue's parallel alternative, composing per-rank state transitions by a
+prefix over the group and re-running each run from its true state, costs two extra runs of the core per
+layer and a k_head_dim x k_head_dim transition per head: not built). Attention and MLP layers stay parallel.
+Packed documents (varlen) are refused: the state would have to restart at each boundary.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from . import runtime, sliding, tripwires
+
+_CACHE_NAMES = ("cache", "cache_params", "past_key_values")
+
+
+class RunCache:
+    """The one-run cache upstream's forward reads and writes (the linear-attention layer API of transformers
+    >= 5.21): `conv`/`state` what the previous run left (None at the sequence start), `conv_out`/`state_out`
+    what this run leaves for the next."""
+
+    def __init__(self, conv: Any, state: Any) -> None:
+        self.conv, self.state = conv, state
+        self.conv_out: Any = None
+        self.state_out: Any = None
+
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> Any:
+        return self.conv
+
+    def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> Any:
+        return self.state
+
+    def is_recording_past(self, layer_idx: int) -> bool:
+        return False
+
+    def update_conv_state(self, rows: Any, layer_idx: int, state_idx: int = 0, conv_kernel_size: Any = None,
+                          **kwargs: Any) -> Any:
+        import torch
+
+        full = rows if self.conv is None else torch.cat([self.conv, rows], dim=-1)
+        k = int(conv_kernel_size)
+        tail = full[..., -k:]
+        self.conv_out = torch.nn.functional.pad(tail, (k - tail.shape[-1], 0)) if tail.shape[-1] < k else tail
+        return full
+
+    def update_recurrent_state(self, state: Any, layer_idx: int, state_idx: int = 0, **kwargs: Any) -> Any:
+        self.state_out = state
+        return state
+
+
+@functools.lru_cache(maxsize=64)
+def chain(global_len: int, cp: int, rank: int, strategy: str) -> tuple[tuple[int, int, int, Any, Any, int], ...]:
+    """This rank's runs in sequence order: (local offset, start, length, where its carry comes from, where it
+    goes, its index among all runs). Origin: None at the sequence start, "here" from this rank's previous run,
+    else the group rank; destination: None when the next run is this rank's or there is none, else the group
+    rank."""
+    from . import sharding  # imports torch: the patch module is imported at apply(), before any model
+
+    owners = sorted((start, r, local, length) for r in range(cp)
+                    for local, start, length in sliding.runs_of(sharding.shard_indices(global_len, r, cp,
+                                                                                        strategy).tolist()))
+    out = []
+    for i, (start, r, local, length) in enumerate(owners):
+        if r != rank:
+            continue
+        origin = None if i == 0 else "here" if owners[i - 1][1] == rank else owners[i - 1][1]
+        dest = owners[i + 1][1] if i + 1 < len(owners) and owners[i + 1][1] != rank else None
+        out.append((local, start, length, origin, dest, i))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_name(cls: Any) -> str:
+    params = inspect.signature(inspect.unwrap(cls.forward)).parameters
+    name = next((n for n in _CACHE_NAMES if n in params), None)
+    if name is None:
+        raise tripwires.TripwireError(f"cpshim ring mode: {cls.__name__}.forward takes no cache argument, so the state "
+                                      "cannot be handed to it: report this transformers release to cpshim")
+    return name
+
+
+def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+    """Impl of the `*-gated-deltanet` patches: upstream's forward outside sharded steps (the gate is closed then)."""
+    step = runtime.current_step()
+    if step is None or id(module) in step.outside:
+        return call.original(hidden_states, *args, **kwargs)
+    import torch
+
+    name = f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')})"
+    if args:
+        raise tripwires.TripwireError(f"cpshim ring mode: {name} was called with positional arguments after "
+                                      "hidden_states; report this transformers release to cpshim")
+    if step.strategy == "varlen":
+        raise tripwires.TripwireError(
+            f"cpshim ring mode: {name} is a linear-attention layer, whose state would have to restart at each packed "
+            "document: strategy='varlen' is not supported for it; use strategy='zigzag' or 'contiguous' with one "
+            "document per row")
+    tripwires.check_local_length(step, hidden_states.shape[1], name)
+    cache_name = _cache_name(type(module))  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
+    kwargs["attention_mask"] = None  # right padding only: zeroed rows follow every real token
+    outs, sends, carry = [], [], (None, None)
+    layer = int(getattr(module, "layer_idx", 0))
+    for local, _start, length, origin, dest, i in chain(step.global_len, step.cp, step.rank, step.strategy):
+        if length < 2:
+            raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
+                                          "decodes one token from its cache): use sequences of at least 4 * cp tokens")
+        if origin not in (None, "here"):
+            carry = _receive(module, hidden_states, origin, step.group, _tag(layer, i - 1))
+        elif origin is None:
+            carry = (None, None)
+        cache = RunCache(*carry)
+        outs.append(call.original(hidden_states[:, local:local + length], **{cache_name: cache}, **kwargs))
+        carry = (cache.conv_out, cache.state_out)
+        if dest is not None:
+            sends.append(_send_function().apply(cache.conv_out, cache.state_out, _peer(step.group, dest),
+                                                _tag(layer, i)))
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    for token in sends:  # each send's backward (the carry's gradient from the next run) runs with the output's
+        out = out + token.sum()
+    step.ran.add(id(module))
+    return out
+
+
+def _tag(layer: int, boundary: int) -> int:
+    """A message tag per (layer, run boundary): +0/+1 conv rows and state forward, +2/+3 their gradients. Matching
+    by tag, not by arrival order, so that the backward's order of sends over the group cannot pair a gradient
+    with another boundary's."""
+    return (layer * 4096 + boundary) * 4
+
+
+def _peer(group: Any, r: int) -> int:
+    import torch.distributed as dist
+
+    return r if group is None else dist.get_global_rank(group, r)
+
+
+def _receive(module: Any, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
+    import torch
+
+    b = hidden.shape[0]
+    conv_shape = (b, module.conv_dim, module.conv_kernel_size)
+    state_shape = (b, module.num_v_heads, module.head_k_dim, module.head_v_dim)
+    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+        else module.in_proj_qkv.weight.dtype if hasattr(module, "in_proj_qkv") else hidden.dtype
+    anchor = hidden.new_zeros((), requires_grad=torch.is_grad_enabled())
+    conv, state = _receive_function().apply(anchor, conv_shape, state_shape, _peer(group, src), tag)
+    return conv.to(dtype), state
+
+
+@functools.lru_cache(maxsize=1)
+def _send_function() -> Any:
+    import torch
+    import torch.distributed as dist
+
+    class Send(torch.autograd.Function):
+        """Forward: the carry to the next run's rank (float32). Backward: its gradient back from there."""
+
+        @staticmethod
+        def forward(ctx, conv, state, peer, tag):
+            ctx.meta = (conv.shape, conv.dtype, state.shape, state.dtype, peer, tag)
+            for j, t in enumerate((conv, state)):
+                dist.send(t.detach().float().contiguous(), peer, tag=tag + j)
+            return conv.new_empty((0,))
+
+        @staticmethod
+        def backward(ctx, _):
+            conv_shape, conv_dtype, state_shape, state_dtype, peer, tag = ctx.meta
+            grads = []
+            for j, (shape, dtype) in enumerate(((conv_shape, conv_dtype), (state_shape, state_dtype))):
+                g = torch.empty(shape, dtype=torch.float32)
+                dist.recv(g, peer, tag=tag + 2 + j)
+                grads.append(g.to(dtype))
+            return grads[0], grads[1], None, None
+
+    return Send
+
+
+@functools.lru_cache(maxsize=1)
+def _receive_function() -> Any:
+    import torch
+    import torch.distributed as dist
+
+    class Receive(torch.autograd.Function):
+        """Forward: the carry from the previous run's rank. Backward: its gradient sent back there."""
+
+        @staticmethod
+        def forward(ctx, anchor, conv_shape, state_shape, peer, tag):
+            ctx.peer, ctx.tag, ctx.shapes = peer, tag, (conv_shape, state_shape)
+            got = []
+            for j, shape in enumerate(ctx.shapes):
+                t = torch.empty(shape, dtype=torch.float32, device=anchor.device)
+                dist.recv(t, peer, tag=tag + j)
+                got.append(t)
+            return got[0], got[1]
+
+        @staticmethod
+        def backward(ctx, g_conv, g_state):
+            for j, (g, shape) in enumerate(zip((g_conv, g_state), ctx.shapes)):  # unused: a gradient of 0
+                dist.send(torch.zeros(shape) if g is None else g.float().contiguous(), ctx.peer, tag=ctx.tag + 2 + j)
+            return None, None, None, None, None
+
+    return Receive
