@@ -88,6 +88,8 @@ def _with_hidden(parity: Any, hidden: int) -> None:
 GEMMA3_LAYERS = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 3's pattern: 5 sliding : 1 full
 LFM2_LAYERS = ["conv", "conv", "full_attention"] * 2  # LFM2's pattern (1.2B: 10 conv : 6 full, kernel 3)
 QWEN3_5_LAYERS = ["linear_attention"] * 3 + ["full_attention"]  # Qwen3.5's pattern: 3 linear : 1 full
+BAMBA_LAYERS = QWEN3_5_LAYERS  # Mamba-2 : attention, 3 : 1
+CHAINED = ("qwen3_5", "bamba")  # models whose recurrent layers pass their state along the chain
 
 
 def _count_halo(rec: dict, timer: "_Timer") -> None:
@@ -169,9 +171,11 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         case.update(model="lfm2", layer_types=LFM2_LAYERS)
     elif model == "qwen3_5":
         case.update(model="qwen3_5", layer_types=QWEN3_5_LAYERS)
+    elif model == "bamba":  # upstream's SSD chunk (256)
+        case.update(model="bamba", layer_types=BAMBA_LAYERS, chunk=256)
     if model in ("gemma3", "lfm2") and cp > 1:
         _count_halo(rec, timer)
-    if model == "qwen3_5" and cp > 1:  # the linear layers' chain: its blocking sends/receives, waits included
+    if model in CHAINED and cp > 1:  # the recurrent layers' chain: its blocking sends/receives, waits included
         import torch.distributed as dist
 
         dist.send, dist.recv = timer.wrap("chain_p2p", dist.send), timer.wrap("chain_p2p", dist.recv)

@@ -7,6 +7,7 @@
     PYTHONPATH=. python bench/bench_ring_cp.py --model gemma3            # Gemma-3-like, 5 sliding : 1 full (issue 9)
     PYTHONPATH=. python bench/bench_ring_cp.py --model lfm2              # LFM2-like, 2 conv : 1 full (issue 10)
     PYTHONPATH=. python bench/bench_ring_cp.py --model qwen3_5           # Qwen3.5-like, 3 linear : 1 full (issue 10)
+    PYTHONPATH=. python bench/bench_ring_cp.py --model bamba             # Bamba-like, 3 Mamba-2 : 1 full (issue 10)
     diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out)
 
 The run is cpshim's parity run (`cpshim.ring.parity.run_case`: the tiny Llama of the parity tests,
@@ -35,6 +36,8 @@ With `--model qwen3_5`, parity's tiny Qwen3.5 with 4 layers, 3 Gated DeltaNet : 
 target <= 0.6x; the linear layers' chain (conv rows and state sent run to run, blocking send/recv) is timed with
 its waits: under the chain each linear layer runs its runs in sequence over the group, so the wait for the
 previous run's rank is most of it (reported against the 5 % target, not separated from the transfer).
+With `--model bamba`, parity's tiny Bamba with 4 layers, 3 Mamba-2 (SSD chunks of 256, upstream's) : 1 full: the
+same memory target and the same chain, timed the same way.
 A MISS is reported, not failed: the exit status is 0 unless a run crashed.
 """
 
@@ -164,9 +167,9 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
             if OPTS["model"] == "gemma3" else ""
         print(f"  {layers}: received {max(r['halo_bytes_per_step'] for r in ring) / 2**20:.3f} MiB per step "
               f"(worst rank) = {bytes_ratio:.4f} of an all-gather of the same rows{verdict}")
-    if OPTS["model"] in ("lfm2", "qwen3_5"):
+    if OPTS["model"] in ("lfm2", "qwen3_5", "bamba"):
         part, what = (("halo_exchange", "conv layers: their halo exchange") if OPTS["model"] == "lfm2" else
-                      ("chain_p2p", "linear layers: their chain's sends and receives (waits for the previous run "
+                      ("chain_p2p", "recurrent layers: their chain's sends and receives (waits for the previous run "
                                     "included)"))
         exchange_share = max(sum(s["parts_s"].get(part, 0) for s in r["steps"])
                              / sum(s["step_s"] for s in r["steps"]) for r in ring)
@@ -191,9 +194,10 @@ def main() -> int:
     ap.add_argument("--trainer", choices=("sft", "dpo", "grpo"), default="sft",
                     help="sft: HF Trainer, the parity run (default); dpo: TRL's DPOTrainer, the backbone path; "
                          "grpo: TRL's GRPOTrainer (a generation batch, the backbone path)")
-    ap.add_argument("--model", choices=("llama", "gemma3", "lfm2", "qwen3_5"), default="llama",
+    ap.add_argument("--model", choices=("llama", "gemma3", "lfm2", "qwen3_5", "bamba"), default="llama",
                     help="llama: parity's tiny Llama (default); gemma3: 5 sliding : 1 full layers; lfm2: 2 conv : "
-                         "1 full layers; qwen3_5: 3 Gated DeltaNet : 1 full layers (HF Trainer)")
+                         "1 full layers; qwen3_5: 3 Gated DeltaNet : 1 full layers; bamba: 3 Mamba-2 : 1 full "
+                         "layers (HF Trainer)")
     ap.add_argument("--window", type=int, default=512, help="--model gemma3: the sliding window (default 512)")
     ap.add_argument("--hidden", type=int, help="diagnostic: parity's tiny Llama with this hidden size "
                     "(intermediate 2x; default: parity's own config)")
@@ -204,15 +208,15 @@ def main() -> int:
     OPTS.update(hidden=a.hidden, mmap_threshold=a.malloc_mmap_threshold, trainer=a.trainer, model=a.model,
                 window=a.window)
     seqs = [int(s) for s in a.seq_len.split(",")]
-    from bench._ring_cp_worker import GEMMA3_LAYERS, LFM2_LAYERS, QWEN3_5_LAYERS
+    from bench._ring_cp_worker import BAMBA_LAYERS, GEMMA3_LAYERS, LFM2_LAYERS, QWEN3_5_LAYERS
     from cpshim.ring import parity
 
     cfg = parity._config({"model": a.model, "window": a.window,
                           "layer_types": {"gemma3": GEMMA3_LAYERS, "lfm2": LFM2_LAYERS,
-                                          "qwen3_5": QWEN3_5_LAYERS}.get(a.model)})
+                                          "qwen3_5": QWEN3_5_LAYERS, "bamba": BAMBA_LAYERS}.get(a.model)})
     hidden = a.hidden or cfg.hidden_size
     name = {"gemma3": f"Gemma 3, window {a.window}", "lfm2": "LFM2, conv kernel 3", "llama": "Llama",
-            "qwen3_5": "Qwen3.5, Gated DeltaNet conv kernel 4"}[a.model]
+            "qwen3_5": "Qwen3.5, Gated DeltaNet conv kernel 4", "bamba": "Bamba, Mamba-2 conv kernel 4"}[a.model]
     print(f"cpshim ring CP benchmark: tiny {name} "
           f"({'parity config' if not a.hidden else 'parity config, --hidden'}: "
           f"hidden {hidden}, intermediate {2 * hidden if a.hidden else cfg.intermediate_size}, "

@@ -50,7 +50,9 @@ def test_an_exact_row_is_within_the_rule_it_states():
     ("deepseek_v3", "exact", ""),
     ("qwen3_next", "exact", ""),
     ("lfm2", "exact", ""),
-    ("bamba", "refused", "linear_attention"),
+    ("bamba", "exact", ""),
+    ("falcon_h1", "exact", ""),  # attention and Mamba-2 side by side in each `hybrid` layer
+    ("jamba", "refused", "Mamba-1"),
     ("diffllama", "exact", "exact in fp16"),  # bf16 rounding over the rule, exact in fp16
     ("gpt_neox_japanese", "refused", "did not run ring attention"),  # inline attention, named `attention`
     ("bart", "refused", "takes no position_ids"),

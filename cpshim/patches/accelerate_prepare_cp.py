@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from .. import lifecycle
 from ..errors import CpshimRuntimeError, CpshimWarning
 from ..modes import RING, cp_owned
-from .mixer_catalog import CONV, LINEAR
+from .mixer_catalog import MIXER_LAYER_TYPES
 
 
 @contextlib.contextmanager
@@ -26,9 +26,8 @@ SLIDING = "sliding_attention"
 #: Layer types ring mode computes exactly: full attention by the ring, sliding windows by a halo exchange
 #: (`cpshim.ring.sliding`). Any other type, and any type a future release adds, is refused.
 RING_LAYER_TYPES = ("full_attention", SLIDING)
-#: Mixers other than attention, computed where their family's registry patch runs (`cpshim.ring.mixers`):
-#: LFM2's short convolutions, Qwen3-Next / Qwen3.5's Gated DeltaNet
-MIXER_LAYER_TYPES = (CONV, LINEAR)
+#: Mixers other than attention (`MIXER_LAYER_TYPES`: conv, linear_attention, hybrid, ...) are computed where their
+#: family's registry patch runs (`cpshim.ring.mixers`): LFM2's short convolutions, Gated DeltaNet, Mamba-2
 
 
 def text_config(config: Any) -> Any:
@@ -72,7 +71,7 @@ def ring_layers_problem(model_or_config: Any, name: str, applied: bool = True) -
     bad, why = ring_uncomputed(model_or_config, applied)
     if not bad:
         return None
-    mixers = " (and conv / linear_attention layers of the families its patches cover)" if why else ""
+    mixers = " (and the conv and recurrent layers of the families its mixer patches cover)" if why else ""
     return (f"{name} has {', '.join(bad)} layers: ring mode computes only {' and '.join(RING_LAYER_TYPES)} "
             f"layers exactly{mixers}" + "".join(f"; {w}" for w in why))
 
@@ -83,6 +82,11 @@ def check_layers(model: Any, mode: str) -> None:
         if problem:
             raise CpshimRuntimeError(f"cpshim ring mode refuses this model: {problem}: use such a model, or train "
                                      "it without cpshim.enable()")
+        from ..ring.mixers import conv_problem
+
+        problem = conv_problem(model)
+        if problem:
+            raise CpshimRuntimeError(f"cpshim ring mode refuses this model: {problem}")
         return
     bad = non_full_attention_layers(model)
     if not bad:

@@ -5,10 +5,14 @@
   5.23.0; 4.x dispatches the forward to `slow_forward` (torch's conv1d) or `cuda_kernels_forward`, 5.x to
   `causal_conv1d_fn`.
 - Gated DeltaNet (`linear_attention` layers): Qwen3-Next, Qwen3.5, Qwen3.5-MoE, run by
-  `cpshim.ring.delta_rule`, which hands upstream's forward a one-run cache. That needs the cache API of
+  `cpshim.ring.carry_state`, which hands upstream's forward a one-run cache. That needs the cache API of
   5.21.0 (get_conv_state / get_recurrent_state / is_recording_past; chunked prefill from the cached state):
-  below it ring mode refuses these layers. OLMo-hybrid's DeltaNet (three convolutions, three conv states)
-  and Kimi Linear are not covered.
+  below it ring mode refuses these layers. OLMo-hybrid's DeltaNet and Kimi Linear's delta attention (KDA) take
+  the same path (one conv over q, k, v on 5.21+).
+- Mamba-2 (`linear_attention` layers, Falcon-H1's `hybrid` ones: attention and Mamba-2 side by side):
+  Bamba, Granite 4 hybrid, Falcon-H1, NemotronH, Zamba2, Mamba-2, run by the same `cpshim.ring.carry_state`
+  (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise). Mamba-1
+  (Jamba, Mamba, Falcon-Mamba, Zamba) is not covered: its full-sequence scan takes no initial state.
 Each fingerprint group of these patches has a `mixers` (or full) cell in the matrix running
 tests/parity/test_mixer_parity.py.
 """
@@ -21,13 +25,16 @@ from .ceilings import TRANSFORMERS_CEILING
 #: The gate of attention routing: open only while a sharded step is in flight, so that generation's
 #: per-token forward of a mixer runs upstream's own method otherwise.
 _ROUTING = "cpshim.ring.runtime:ROUTING"
-CONV, LINEAR = "conv", "linear_attention"
+CONV, LINEAR, HYBRID = "conv", "linear_attention", "hybrid"
+_CARRY_FLOOR = ("5.21.0", "ring mode refuses its recurrent layers (no cached-state prefill to hand a run its "
+                          "state): upgrade transformers to >= 5.21")
 
 
-def _mixer(layer_type: str, model_type: str, module_name: str, cls: str, floor: str, impl: str, summary: str,
-           adds: str, watch: tuple[str, ...], refused_before: tuple[str, str] | None = None) -> Patch:
+def _mixer(layer_types: tuple[str, ...], model_type: str, module_name: str, cls: str, floor: str, kind: str,
+           impl: str, summary: str, adds: str, watch: tuple[str, ...], refused_before: tuple[str, str] | None = None,
+           **info: object) -> Patch:
+    """`layer_types`: the config's layer types this mixer makes computable (the first names the mixer's)."""
     module = f"transformers.models.{module_name}.modeling_{module_name}"
-    kind = "short-conv" if layer_type == CONV else "gated-deltanet"
     return Patch(
         id=f"{module_name.replace('_', '-')}-{kind}",
         target=f"{module}:{cls}.forward",
@@ -37,20 +44,20 @@ def _mixer(layer_type: str, model_type: str, module_name: str, cls: str, floor: 
         refused_before=refused_before,
         follows_mode=False,
         gate=_ROUTING,
-        summary=f"ring mode: {cls} ({model_type}'s {layer_type} layers) {summary}",
-        variants=(Variant("halo" if layer_type == CONV else "carry-state",
+        summary=f"ring mode: {cls} ({model_type}'s {layer_types[0]} layers) {summary}",
+        variants=(Variant("halo" if kind == "short-conv" else "carry-state",
                           {"transformers": f">={refused_before[0] if refused_before else floor},<6"},
                           {"transformers": TRANSFORMERS_CEILING}, impl,
-                          info={"layer_type": layer_type, "model_type": model_type,
+                          info={"layer_type": layer_types[0], "layer_types": layer_types, "model_type": model_type,
                                 "keeps": "upstream's forward and kernels, outside sharded steps and on each run",
-                                "adds": adds}),),
+                                "adds": adds, **info}),),
         watch=tuple(f"{module}:{w}" for w in watch),
     )
 
 
 def _short_conv(model_type: str, cls: str, floor: str) -> Patch:
     # the padding mask is None during sharded steps: apply_mask_to_padding_states is not watched
-    return _mixer(CONV, model_type, model_type, cls, floor, "cpshim.ring.short_conv:forward",
+    return _mixer((CONV,), model_type, model_type, cls, floor, "short-conv", "cpshim.ring.short_conv:forward",
                   "runs on each run of its shard with the kernel - 1 input rows before it, exchanged with the rank "
                   "that holds them",
                   "a kernel - 1 row halo of the mixer's input (point-to-point, gradient returned); no cache and "
@@ -59,24 +66,53 @@ def _short_conv(model_type: str, cls: str, floor: str) -> Patch:
                    "causal_conv1d_fn"))
 
 
-def _deltanet(model_type: str, module_name: str, cls: str, floor: str) -> Patch:
-    return _mixer(LINEAR, model_type, module_name, cls, floor, "cpshim.ring.delta_rule:forward",
+_CARRY_ADDS = ("a one-run cache per run (conv rows and state in, out), sent point to point to the next run's rank, "
+               "gradients sent back")
+
+
+def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str = "gated-deltanet",
+              core: str = "torch_chunk_gated_delta_rule",
+              state: tuple[str, ...] = ("num_v_heads", "head_k_dim", "head_v_dim")) -> Patch:
+    return _mixer((LINEAR,), model_type, module_name, cls, floor, kind, "cpshim.ring.carry_state:forward",
                   "runs each run of its shard from the conv rows and recurrent state the run before it left, "
-                  "passed along the sequence",
-                  "a one-run cache per run (conv rows and state in, out), sent point to point to the next run's "
-                  "rank, gradients sent back",
-                  (f"{cls}.__init__", f"{cls}.forward", "torch_chunk_gated_delta_rule", "causal_conv1d_fn"),
-                  refused_before=("5.21.0", "ring mode refuses its linear-attention layers (no cached-state "
-                                            "prefill to hand a run its state): upgrade transformers to >= 5.21"))
+                  "passed along the sequence", _CARRY_ADDS,
+                  (f"{cls}.__init__", f"{cls}.forward", core, "causal_conv1d_fn"),
+                  refused_before=_CARRY_FLOOR, carry={"conv": "conv_dim", "state": state})
+
+
+def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
+    return _mixer(layer_types, model_type, model_type, cls, floor, "mamba2", "cpshim.ring.carry_state:forward",
+                  "runs each run of its shard from the conv rows and SSM state the run before it left, passed "
+                  "along the sequence", _CARRY_ADDS,
+                  (f"{cls}.__init__", f"{cls}.forward", "mamba2_chunk_scan", "causal_conv1d_fn"),
+                  refused_before=_CARRY_FLOOR, carry={"conv": "conv_dim", "state": ("num_heads", "head_dim",
+                                                                                   "ssm_state_size")})
 
 
 SHORT_CONV = (_short_conv("lfm2", "Lfm2ShortConv", "4.54.0"), _short_conv("lfm2_moe", "Lfm2MoeShortConv", "5.0.0"),
               _short_conv("lfm3", "Lfm3ShortConv", "5.23.0"))
 DELTANET = (_deltanet("qwen3_next", "qwen3_next", "Qwen3NextGatedDeltaNet", "4.57.0"),
             _deltanet("qwen3_5_text", "qwen3_5", "Qwen3_5GatedDeltaNet", "5.2.0"),
-            _deltanet("qwen3_5_moe_text", "qwen3_5_moe", "Qwen3_5MoeGatedDeltaNet", "5.2.0"))
-MIXER_PATCHES = SHORT_CONV + DELTANET
+            _deltanet("qwen3_5_moe_text", "qwen3_5_moe", "Qwen3_5MoeGatedDeltaNet", "5.2.0"),
+            _deltanet("olmo_hybrid", "olmo_hybrid", "OlmoHybridGatedDeltaNet", "5.3.0"),
+            # Kimi Delta Attention: per-channel gates, one head_dim x head_dim state per head
+            _deltanet("kimi_linear", "kimi_linear", "KimiLinearDeltaAttention", "5.17.0", kind="kda",
+                      core="chunk_kimi_delta_attention", state=("num_heads", "head_dim", "head_dim")))
+MAMBA2 = (_mamba2("bamba", "BambaMixer", "4.48.0"), _mamba2("granitemoehybrid", "GraniteMoeHybridMambaLayer", "4.52.0"),
+          _mamba2("falcon_h1", "FalconH1Mixer", "4.53.0", (HYBRID,)),
+          _mamba2("nemotron_h", "NemotronHMamba2Mixer", "5.3.0", (LINEAR, "mlp", "moe")),
+          _mamba2("zamba2", "Zamba2MambaMixer", "4.49.0", (LINEAR, HYBRID)),
+          _mamba2("mamba2", "Mamba2Mixer", "4.44.0"))
+MIXER_PATCHES = SHORT_CONV + DELTANET + MAMBA2
 #: (layer type, model_type of a text config) -> the id of the patch that computes those layers
-MIXER_OF = {(p.variants[0].info["layer_type"], p.variants[0].info["model_type"]): p.id for p in MIXER_PATCHES}
-#: (module, class name) of every patched mixer: a sharded step expects each of its instances to run its patch
-MIXER_CLASSES = frozenset((p.target.partition(":")[0], p.target.partition(":")[2].split(".")[0]) for p in MIXER_PATCHES)
+MIXER_OF = {(t, p.variants[0].info["model_type"]): p.id for p in MIXER_PATCHES
+            for t in p.variants[0].info["layer_types"]}
+_MAMBA1 = ("its Mamba-1 mixer's full-sequence scan in transformers takes no initial state, so no run of a shard can "
+           "start from the state the run before it reached")
+#: Why a family with such layers is not covered, where cpshim knows (else: no patch for it yet)
+NOT_COVERED = {"jamba": _MAMBA1, "mamba": _MAMBA1, "falcon_mamba": _MAMBA1, "zamba": _MAMBA1}
+#: Layer types other than attention that some family's mixer patch makes computable
+MIXER_LAYER_TYPES = tuple(sorted({t for t, _ in MIXER_OF}))
+#: (module, class name) of every patched mixer -> its patch id: a sharded step expects each instance to run it
+PATCH_OF_MIXER = {(p.target.partition(":")[0], p.target.partition(":")[2].split(".")[0]): p.id for p in MIXER_PATCHES}
+MIXER_CLASSES = frozenset(PATCH_OF_MIXER)

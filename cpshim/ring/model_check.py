@@ -52,7 +52,8 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
     if problems:
         head = [f"cpshim check --model: ring mode REFUSES {name}"]
         return 1, head + [f"  {p}" for p in problems] + _table(name, table)
-    from ..patches.accelerate_prepare_cp import CONV, LINEAR, SLIDING, non_full_attention_layers, text_config
+    from ..patches.accelerate_prepare_cp import SLIDING, non_full_attention_layers, text_config
+    from ..patches.mixer_catalog import CONV, HYBRID, LINEAR
 
     at_run = _refused_when_run(name) if table else None
     if at_run:
@@ -64,9 +65,9 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
     if CONV in kinds:
         how.append("conv layers by a halo of kernel - 1 input rows (strategy='varlen' refused: transformers runs "
                    "them across packed documents)")
-    if LINEAR in kinds:
-        how.append("linear-attention layers run in sequence order over the CP group, each run from the state the "
-                   "run before it left (strategy='varlen' refused)")
+    if LINEAR in kinds or HYBRID in kinds:
+        how.append("recurrent mixers (Gated DeltaNet, Mamba-2) run in sequence order over the CP group, each run from "
+                   "the state the run before it left (strategy='varlen' refused)")
     lines = [f"cpshim check --model: ring mode runs {name} ("
              + (", ".join(how) if len(how) > 1 else "full causal attention in every layer") + ")"]
     text = text_config(config)

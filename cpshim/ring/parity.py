@@ -156,15 +156,15 @@ def _skip_halo() -> None:
 
 
 def _skip_state() -> None:
-    """Negative control of the linear-attention layers: every run starts from no state (nothing passed on)."""
-    from . import delta_rule
+    """Negative control of the recurrent layers (Gated DeltaNet, Mamba-2): every run starts from no state."""
+    from . import carry_state
 
-    exact = delta_rule.chain
+    exact = carry_state.chain
 
     def no_state(*args: Any) -> Any:
         return tuple((local, start, length, None, None, i) for local, start, length, _, _, i in exact(*args))
 
-    delta_rule.chain = no_state  # type: ignore[assignment]
+    carry_state.chain = no_state  # type: ignore[assignment]
 
 
 class _Recorder:
@@ -195,9 +195,9 @@ def run_case(case: dict, cp: int) -> dict:
     torch.manual_seed(0)
     model = _model(case)
     extra: dict[str, Any] = {}
-    from . import routing, sliding, vlm
+    from . import carry_state, routing, sliding, vlm
 
-    ring_forward, plan, entry = routing.ring_forward, sliding.plan, vlm._entry_hook
+    ring_forward, plan, entry, chain = routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain
     if cp > 1:
         from accelerate import ParallelismConfig
 
@@ -267,7 +267,7 @@ def run_case(case: dict, cp: int) -> dict:
             again.train(resume_from_checkpoint=os.path.join(str(args.output_dir), "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
-        routing.ring_forward, sliding.plan, vlm._entry_hook = ring_forward, plan, entry
+        routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain = ring_forward, plan, entry, chain
     return result
 
 

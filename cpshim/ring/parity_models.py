@@ -24,10 +24,10 @@ _SIZES: dict[str, Any] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_siz
 
 def config(case: dict) -> Any:
     """The case's model config: `model` (llama, mistral, gemma3, qwen2, deepseek_v3, lfm2, lfm2_moe, lfm3, qwen3_5,
-    qwen3_next, or `auto:<model type>`), `window` for the sliding ones, `kernel` for LFM2's convolutions,
-    `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default sliding, full, sliding) and lfm2 (default conv,
-    full, conv); the vision-language
-    models of `parity_vlm`."""
+    qwen3_next, bamba, granitemoehybrid, or `auto:<model type>`), `window` for the sliding ones, `kernel` for
+    LFM2's convolutions, `chunk` for Mamba-2's SSD, `layer_types` for gemma3, gemma2, gpt_oss and qwen2 (default
+    sliding, full, sliding), lfm2 (default conv, full, conv) and the Mamba-2 ones; the vision-language models of
+    `parity_vlm`."""
     import transformers
 
     name = case.get("model", "llama")
@@ -80,12 +80,29 @@ def config(case: dict) -> Any:
             return transformers.Qwen3_5TextConfig(**sizes, **deltanet)
         return transformers.Qwen3NextConfig(**sizes, **deltanet, num_experts=4, num_experts_per_tok=2,  # experts too
                                             moe_intermediate_size=32, shared_expert_intermediate_size=32)
+    if name in MAMBA2:  # Mamba-2 (linear_attention; heads 4 x 32, state 16, chunks of `chunk` (6) so that a run spans
+        # several and ends in a padded one) and attention layers (default mamba, full, mamba); Granite 4 with experts
+        types = case.get("layer_types", ["linear_attention", "full_attention", "linear_attention"])
+        return MAMBA2[name](transformers, {**_SIZES, "num_hidden_layers": len(types)},
+                            [i for i, t in enumerate(types) if t == "full_attention"], case.get("chunk", 6))
     if name == "deepseek_v3":  # MLA: q/k head dim 24 (16 + 8 rope), v head dim 8; dense MLPs only (MoE apart)
         return transformers.DeepseekV3Config(**{**_SIZES, "num_key_value_heads": 4}, moe_intermediate_size=32,
                                              n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
                                              first_k_dense_replace=2, kv_lora_rank=16, q_lora_rank=32,
                                              qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=8)
     raise ValueError(f"unknown parity model {name!r}")
+
+
+_SSD = dict(mamba_n_heads=4, mamba_d_head=32, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2)
+#: model -> (transformers, sizes, indices of the attention layers, SSD chunk size) -> config
+MAMBA2 = {
+    "bamba": lambda t, sizes, attn, chunk: t.BambaConfig(**sizes, **_SSD, mamba_chunk_size=chunk,
+                                                         attn_layer_indices=attn),
+    "granitemoehybrid": lambda t, sizes, attn, chunk: t.GraniteMoeHybridConfig(
+        **sizes, **_SSD, mamba_chunk_size=chunk, num_local_experts=4, num_experts_per_tok=2,
+        shared_intermediate_size=64,
+        layer_types=["attention" if i in attn else "mamba" for i in range(sizes["num_hidden_layers"])]),
+}
 
 
 def model(case: dict) -> Any:

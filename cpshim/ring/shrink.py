@@ -48,6 +48,17 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     **dict.fromkeys(("qwen2_vl", "qwen2_5_vl", "qwen2_5_omni_thinker", "paddleocr_vl", "glm4v", "glm46v", "glm_ocr",
                      "glmga"), {"text_config": {"rope_parameters": {"mrope_section": [2, 3, 3]}}}),
     "glm4v_moe": {"text_config": {"rope_parameters": {"mrope_section": [2, 1, 1]}}},  # half the dims rotate
+    # Mamba-2: heads x head dim = expand x hidden (4 x 32 = 2 x 64); the hybrids keep one attention layer after a
+    # Mamba-2 one (their defaults have none, or one per 6-9 layers)
+    "bamba": {"mamba_n_heads": 4, "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 16,
+              "attn_layer_indices": [1], "num_hidden_layers": 2},
+    "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 32, "mamba_n_groups": 1, "mamba_d_state": 16,
+                         "layer_types": ["mamba", "attention"], "num_hidden_layers": 2},
+    "mamba2": {"num_heads": 4, "head_dim": 32, "expand": 2, "n_groups": 1, "state_size": 16},
+    "zamba2": {"n_mamba_heads": 4, "mamba_headdim": 32, "attention_head_dim": 32, "mamba_d_state": 16,
+               "num_hidden_layers": 2, "layers_block_type": ["linear_attention", "hybrid"], "hybrid_layer_ids": [1],
+               "attention_hidden_size": 128},  # its shared attention reads [hidden; embeddings]
+    "kimi_linear": {"num_experts_per_token": 2, "qk_head_dim": 24},  # of 4 experts; MLA: nope 16 + rope 8
 }
 
 

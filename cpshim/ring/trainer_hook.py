@@ -73,6 +73,11 @@ def check_model(model: Any, heads_k_stride: int) -> None:
         raise _fail(f"cannot read the model's config from {type(model).__name__}: pass the HF model")
     problems = config_problems(config, heads_k_stride, runtime.loaded.provider if runtime.loaded else None)
     problems += positions.problems(model)
+    from .mixers import conv_problem
+
+    conv = conv_problem(model)
+    if conv:
+        problems.append(conv)
     if problems:
         raise _fail(problems[0])
 

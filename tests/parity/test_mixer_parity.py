@@ -1,6 +1,7 @@
 """Sequence mixers other than attention under ring CP, with a real Trainer on 2 gloo ranks, equal one process
 (all cases in one launch): LFM2's short convolutions (`cpshim.ring.short_conv`, a halo of kernel - 1 input rows)
-and Gated DeltaNet (`cpshim.ring.delta_rule`, the conv rows and recurrent state passed along the sequence).
+and the recurrent mixers, Gated DeltaNet and Mamba-2 (`cpshim.ring.carry_state`, the conv rows and recurrent state
+passed along the sequence).
 
 - lfm2 (conv, full, conv) on zigzag with batch 2, contiguous with kernel 5, zigzag with a kernel of 20, wider
   than a zigzag chunk (16 tokens), whose halo spans two ranks; lfm2_moe (experts) where transformers has it
@@ -9,8 +10,11 @@ and Gated DeltaNet (`cpshim.ring.delta_rule`, the conv rows and recurrent state 
   one process: there is no exact answer to match).
 - Gated DeltaNet where its patches apply (transformers >= 5.21): Qwen3.5 (linear, full, linear) zigzag with
   batch 2 and contiguous, Qwen3-Next (with experts) zigzag; varlen refused by name.
-- The negative controls (each conv run without the rows before it; each linear-attention run from no state) must
-  fail the same check.
+- Mamba-2 where its patches apply (the same floor): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
+  16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, Granite 4 hybrid (with
+  experts) zigzag with batch 2; varlen refused by name.
+- The negative controls (each conv run without the rows before it; each Gated DeltaNet and each Mamba-2 run from
+  no state) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
 file for each fingerprint group of the short-conv patches.
@@ -40,8 +44,8 @@ def _has(model_type: str) -> bool:
     return importlib.util.find_spec(f"transformers.models.{model_type}") is not None
 
 
-#: Gated DeltaNet's patches need transformers >= 5.21 (below, ring mode refuses its layers)
-DELTANET = _has("qwen3_5") and bool(__import__("cpshim").report()["qwen3-5-gated-deltanet"].variant)
+#: The Gated DeltaNet and Mamba-2 patches need transformers >= 5.21 (below, ring mode refuses their layers)
+CARRY = _has("qwen3_5") and bool(__import__("cpshim").report()["qwen3-5-gated-deltanet"].variant)
 SEQ = {"batch": 1, "seq_len": 64, "steps": 2}
 CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
     {"id": "conv-lfm2-zigzag-b2", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2},
@@ -58,7 +62,16 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        {"id": "deltanet-qwen3_5-varlen-refused", "model": "qwen3_5", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
        {"id": "negative-no-state", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
-        "negative": "no-state"}] if DELTANET else []),
+        "negative": "no-state"},
+       # Mamba-2 (the same cache API and floor)
+       {"id": "mamba2-bamba-zigzag-b2", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2},
+       {"id": "mamba2-bamba-contiguous", "model": "bamba", "strategy": "contiguous", **SEQ},
+       {"id": "mamba2-granitemoehybrid-zigzag-b2", "model": "granitemoehybrid", "strategy": "zigzag", **SEQ,
+        "batch": 2},
+       {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
+        "packed": True, "refused": True},
+       {"id": "negative-mamba2-no-state", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
+        "negative": "no-state"}] if CARRY else []),
     {"id": "conv-lfm2-varlen-refused", "model": "lfm2", "strategy": "varlen", **SEQ, "batch": 2, "packed": True,
      "refused": True},
     {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},
@@ -87,7 +100,7 @@ def test_conv_layers_refuse_packed_documents(results):
 
 @pytest.mark.parametrize("case", [c["id"] for c in CASES if c.get("negative")])
 def test_negative_control_fails_the_same_check(results, case):
-    """The conv layers without their halo; the linear-attention layers without the state passed on."""
+    """The conv layers without their halo; the recurrent layers without the state passed on."""
     from cpshim.ring.parity import compare
 
     verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL, floor=FLOOR)
@@ -95,8 +108,10 @@ def test_negative_control_fails_the_same_check(results, case):
     assert not verdict["ok"], f"{case} passed the parity check: {verdict}"
 
 
-def test_linear_attention_refuses_packed_documents(results):
-    if "deltanet-qwen3_5-varlen-refused" not in results:
-        pytest.skip("Gated DeltaNet's patches need transformers >= 5.21")
-    ring = results["deltanet-qwen3_5-varlen-refused"][1]
-    assert "Qwen3_5GatedDeltaNet" in (ring["error"] or "") and "strategy='zigzag'" in ring["error"], ring
+@pytest.mark.parametrize(("case", "cls"), [("deltanet-qwen3_5-varlen-refused", "Qwen3_5GatedDeltaNet"),
+                                          ("mamba2-bamba-varlen-refused", "BambaMixer")])
+def test_recurrent_layers_refuse_packed_documents(results, case, cls):
+    if case not in results:
+        pytest.skip("the Gated DeltaNet and Mamba-2 patches need transformers >= 5.21")
+    ring = results[case][1]
+    assert cls in (ring["error"] or "") and "strategy='zigzag'" in ring["error"], ring

@@ -3,6 +3,8 @@ that happen before any communication (multi-rank behaviour: tests/parity)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 
 import pytest
@@ -208,27 +210,73 @@ def test_conv_layers_pass_where_their_family_patch_runs(trainer, ring, batch):
     config = Qwen3Config(**sizes)
     config.layer_types = ["conv", "full_attention"]  # set after the config's own validation (4.x checks the names)
     other = Qwen3ForCausalLM(config)
-    with pytest.raises(cpshim.CpshimRuntimeError, match="qwen3 has conv layers that no cpshim patch computes .*"
+    with pytest.raises(cpshim.CpshimRuntimeError, match="qwen3 has conv layers that no cpshim patch computes.*"
                                                         "without cpshim.enable"):
         _prepare(trainer, other, batch)
 
 
-def test_linear_attention_passes_where_its_patch_runs_and_names_the_upgrade_below(trainer, ring, batch):
-    """Qwen3.5's Gated DeltaNet runs `qwen3-5-gated-deltanet` (`cpshim.ring.delta_rule`) from transformers 5.21;
-    below, its layers are refused, naming the release to upgrade to."""
-    transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "Qwen3_5TextConfig"):
-        pytest.skip("no Qwen3.5 in this transformers")
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+def _recurrent_model(kind):
+    import transformers
 
-    model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=8,
-        linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"], attn_implementation="sdpa"))
-    applies = cpshim.report()["qwen3-5-gated-deltanet"].variant is not None
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, attn_implementation="sdpa")
+    if kind == "qwen3-5-gated-deltanet":
+        if not hasattr(transformers, "Qwen3_5TextConfig"):
+            pytest.skip("no Qwen3.5 in this transformers")
+        return transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(
+            **sizes, head_dim=8, linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=8,
+            linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"]))
+    return transformers.BambaForCausalLM(transformers.BambaConfig(
+        **sizes, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_expand=2, attn_layer_indices=[1]))
+
+
+@pytest.mark.parametrize("kind", ["qwen3-5-gated-deltanet", "bamba-mamba2"])
+def test_recurrent_layers_pass_where_their_patch_runs_and_name_the_upgrade_below(trainer, ring, batch, kind):
+    """Qwen3.5's Gated DeltaNet and Bamba's Mamba-2 run their patches (`cpshim.ring.carry_state`) from
+    transformers 5.21; below, their layers are refused, naming the release to upgrade to."""
+    model = _recurrent_model(kind)
+    applies = cpshim.report()[kind].variant is not None
     with pytest.raises(cpshim.CpshimRuntimeError,
-                       match="processes per CP group" if applies else "linear_attention layers.*upgrade transformers to >= 5.21"):
+                       match="processes per CP group" if applies else "transformers (to )?>= 5.21"):
         _prepare(trainer, model, batch)
+
+
+def test_mamba1_layers_are_refused_naming_why(trainer, ring, batch):
+    """Jamba's Mamba-1 mixer: transformers' full-sequence scan takes no initial state, so no run can start from
+    another's; refused by name, with what to do."""
+    from transformers import JambaConfig, JambaForCausalLM
+
+    model = JambaForCausalLM(JambaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, attn_layer_period=2,
+                                         attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+                                         num_experts=2, attn_implementation="sdpa", use_mamba_kernels=False))
+    # transformers 4.x's Jamba config has no layer_types: the modules say it (its conv1d, in JambaMambaMixer)
+    named = getattr(model.config, "layer_types", None)
+    with pytest.raises(cpshim.CpshimRuntimeError, match="jamba has linear_attention layers .*Mamba-1.*no initial "
+                       "state.*without cpshim.enable" if named else "causal convolution .*JambaMambaMixer.*without"):
+        _prepare(trainer, model, batch)
+
+
+def test_a_conv_mixer_the_config_does_not_name_is_refused_from_its_modules(trainer, ring, batch):
+    """A model whose config names no conv or recurrent layer (here Bamba with `layer_types` wiped, as 4.x
+    configs have none) is refused from its modules where its mixer's patch does not run, never trained with
+    each shard's convolution and state on their own."""
+    from transformers import BambaConfig, BambaForCausalLM
+
+    from cpshim.ring import mixers
+
+    model = BambaForCausalLM(BambaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4,
+                                         mamba_d_head=16, mamba_d_state=8, attn_layer_indices=[1],
+                                         attn_implementation="sdpa"))
+    with contextlib.suppress(AttributeError):  # 5.x derives layers_block_type from it (no setter on 5.24)
+        model.config.layer_types = None
+    active = cpshim.report()["bamba-mamba2"].variant is not None
+    assert bool(mixers.unpatched_causal_convs(model)) != active
+    if not active:
+        with pytest.raises(cpshim.CpshimRuntimeError, match="causal convolution .*model.layers.0.mamba.conv1d in "
+                                                            "BambaMixer"):
+            _prepare(trainer, model, batch)
 
 
 def test_label_smoothing_is_refused(trainer, ring, batch):

@@ -1,21 +1,25 @@
-"""Gated DeltaNet layers (Qwen3-Next, Qwen3.5) under CP: the recurrent state passed along the sequence.
+"""Recurrent mixers under CP (Gated DeltaNet, Mamba-2): the state passed along the sequence.
 
-The mixer is in_proj, a depthwise causal conv1d of k taps, the gated delta rule (a recurrence whose state,
-heads x k_head_dim x v_head_dim per row, carries everything before a position), a gated norm, out_proj. So
-the run of positions a rank holds needs exactly two things from before it: the k conv input rows and the
-state. Upstream's forward already takes both from its cache (chunked prefill, transformers >= 5.21: the
-conv reads the cached rows, `chunk_gated_delta_rule` starts from the cached state), so cpshim hands each
-run a one-run cache holding what the run before it left, and runs upstream's own forward and kernels.
+Both mixers are in_proj, a depthwise causal conv1d of k taps, a recurrence whose state carries everything
+before a position (the gated delta rule: heads x k_head_dim x v_head_dim per row; Mamba-2's SSD: heads x
+head_dim x d_state), a gated norm, out_proj. So the run of positions a rank holds needs exactly two things
+from before it: the k conv input rows and the state. Upstream's forward already takes both from its cache
+(chunked prefill, transformers >= 5.21: the conv reads the cached rows, `chunk_gated_delta_rule` /
+`mamba2_chunk_scan` start from the cached state), so cpshim hands each run a one-run cache holding what the
+run before it left, and runs upstream's own forward and kernels. Each patch names, as data in its variant's
+`info["carry"]`, the module attributes that give the carry's shapes (the receiver allocates from them).
 
 Which exchange, and why: the runs follow the sequence one after another (a chain: rank 0's first chunk,
 then the next chunk's owner, ...; under zigzag a rank's two chunks are far apart and wait for the others),
 each sending its successor the conv rows and the state, point to point, once per layer call; the backward
 sends their gradients back along the chain. That moves O(state) per run boundary (no sequence data), is
-exact, and costs no extra compute; the price is that the linear layers' core runs in sequence over the CP
+exact, and costs no extra compute; the price is that the recurrent layers' core runs in sequence over the CP
 group, not in parallel (the issue's parallel alternative, composing per-rank state transitions by a
 prefix over the group and re-running each run from its true state, costs two extra runs of the core per
-layer and a k_head_dim x k_head_dim transition per head: not built). Attention and MLP layers stay parallel.
-Packed documents (varlen) are refused: the state would have to restart at each boundary.
+layer: not built). An all-to-all to head shards (Ulysses) would keep the compute parallel but needs heads
+divisible by cp and moves O(sequence) per layer. Attention and MLP layers stay parallel.
+Packed documents (varlen) are refused: the state would have to restart at each boundary. Mamba-1 (Jamba,
+Mamba, Falcon-Mamba) cannot take this path: its full-sequence scan in transformers takes no initial state.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
 
 class RunCache:
-    """The one-run cache upstream's forward reads and writes (the linear-attention layer API of transformers
+    """The one-run cache upstream's forward reads and writes (the recurrent-layer cache API of transformers
     >= 5.21): `conv`/`state` what the previous run left (None at the sequence start), `conv_out`/`state_out`
     what this run leaves for the next."""
 
@@ -95,7 +99,8 @@ def _cache_name(cls: Any) -> str:
 
 
 def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
-    """Impl of the `*-gated-deltanet` patches: upstream's forward outside sharded steps (the gate is closed then)."""
+    """Impl of the `*-gated-deltanet` and `*-mamba2` patches: upstream's forward outside sharded steps (the gate is
+    closed then)."""
     step = runtime.current_step()
     if step is None or id(module) in step.outside:
         return call.original(hidden_states, *args, **kwargs)
@@ -107,7 +112,7 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
                                       "hidden_states; report this transformers release to cpshim")
     if step.strategy == "varlen":
         raise tripwires.TripwireError(
-            f"cpshim ring mode: {name} is a linear-attention layer, whose state would have to restart at each packed "
+            f"cpshim ring mode: {name} is a recurrent layer, whose state would have to restart at each packed "
             "document: strategy='varlen' is not supported for it; use strategy='zigzag' or 'contiguous' with one "
             "document per row")
     tripwires.check_local_length(step, hidden_states.shape[1], name)
@@ -121,7 +126,8 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
             raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
                                           "decodes one token from its cache): use sequences of at least 4 * cp tokens")
         if origin not in (None, "here"):
-            carry = _receive(module, hidden_states, origin, step.group, _tag(layer, i - 1))
+            carry = _receive(module, call.variant.info["carry"], hidden_states, origin, step.group,
+                             _tag(layer, i - 1))
         elif origin is None:
             carry = (None, None)
         cache = RunCache(*carry)
@@ -150,14 +156,16 @@ def _peer(group: Any, r: int) -> int:
     return r if group is None else dist.get_global_rank(group, r)
 
 
-def _receive(module: Any, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
+def _receive(module: Any, carry: dict, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
+    """The carry from the previous run's rank, shaped from the module's attributes the patch names (`carry`:
+    conv channels, state dims), in the dtype the conv input has (the autocast dtype, else the conv's)."""
     import torch
 
     b = hidden.shape[0]
-    conv_shape = (b, module.conv_dim, module.conv_kernel_size)
-    state_shape = (b, module.num_v_heads, module.head_k_dim, module.head_v_dim)
+    conv_shape = (b, getattr(module, carry["conv"]), module.conv_kernel_size)
+    state_shape = (b, *(getattr(module, a) for a in carry["state"]))
     dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
-        else module.in_proj_qkv.weight.dtype if hasattr(module, "in_proj_qkv") else hidden.dtype
+        else module.conv1d.weight.dtype
     anchor = hidden.new_zeros((), requires_grad=torch.is_grad_enabled())
     conv, state = _receive_function().apply(anchor, conv_shape, state_shape, _peer(group, src), tag)
     return conv.to(dtype), state
