@@ -12,7 +12,8 @@ passed along the sequence).
   batch 2 and contiguous, Qwen3-Next (with experts) zigzag; varlen refused by name.
 - Mamba-2 where its patches apply (the same floor): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
   16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, Granite 4 hybrid (with
-  experts) zigzag with batch 2; varlen refused by name.
+  experts) zigzag with batch 2; varlen refused by name. Falcon-H1, NemotronH, Zamba2, OLMo-hybrid's DeltaNet and
+  Kimi Linear's KDA (the same path) zigzag, from their default configs shrunk.
 - The negative controls (each conv run without the rows before it; each Gated DeltaNet and each Mamba-2 run from
   no state) must fail the same check.
 
@@ -68,6 +69,10 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        {"id": "mamba2-bamba-contiguous", "model": "bamba", "strategy": "contiguous", **SEQ},
        {"id": "mamba2-granitemoehybrid-zigzag-b2", "model": "granitemoehybrid", "strategy": "zigzag", **SEQ,
         "batch": 2},
+       # the other families on this path, from their default configs shrunk (`cpshim.ring.shrink`, as the
+       # architecture table builds them): Falcon-H1's hybrid layers, NemotronH, Zamba2, OLMo-hybrid, Kimi Linear
+       *({"id": f"carry-{t}-zigzag", "model": f"auto:{t}", "strategy": "zigzag", **SEQ}
+         for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear")),
        {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
        {"id": "negative-mamba2-no-state", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
