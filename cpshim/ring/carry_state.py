@@ -106,16 +106,8 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         return call.original(hidden_states, *args, **kwargs)
     import torch
 
-    name = f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')})"
-    if args:
-        raise tripwires.TripwireError(f"cpshim ring mode: {name} was called with positional arguments after "
-                                      "hidden_states; report this transformers release to cpshim")
-    if step.strategy == "varlen":
-        raise tripwires.TripwireError(
-            f"cpshim ring mode: {name} is a recurrent layer, whose state would have to restart at each packed "
-            "document: strategy='varlen' is not supported for it; use strategy='zigzag' or 'contiguous' with one "
-            "document per row")
-    tripwires.check_local_length(step, hidden_states.shape[1], name)
+    name = tripwires.check_mixer_call(step, module, args, hidden_states.shape[1], "is a recurrent layer, whose "
+                                      "state would have to restart at each packed document")
     cache_name = _cache_name(type(module))  # type: ignore[arg-type]
     kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
     kwargs["attention_mask"] = None  # right padding only: zeroed rows follow every real token

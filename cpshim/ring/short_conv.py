@@ -34,17 +34,8 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         return call.original(hidden_states, *args, **kwargs)
     import torch
 
-    name = f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')})"
-    if args:
-        raise tripwires.TripwireError(
-            f"cpshim ring mode: {name} was called with {len(args)} positional argument(s) after hidden_states; "
-            "the conv halo passes the cache and mask by name: report this transformers release to cpshim")
-    if step.strategy == "varlen":
-        raise tripwires.TripwireError(
-            f"cpshim ring mode: {name} is a short convolution, and transformers runs it across packed document "
-            "boundaries (even in one process), so strategy='varlen' has no exact answer for it: use "
-            "strategy='zigzag' or 'contiguous' with one document per row")
-    tripwires.check_local_length(step, hidden_states.shape[1], name)
+    tripwires.check_mixer_call(step, module, args, hidden_states.shape[1], "is a short convolution, and "
+                               "transformers runs it across packed document boundaries (even in one process)")
     plan = sliding.plan(step.global_len, step.cp, step.rank, step.strategy, kernel_size(module))
     kwargs = {**kwargs, "attention_mask": None, **{k: None for k in _CACHE_KEYS if k in kwargs}}
     rows = sliding.halo(hidden_states, plan, step.group)

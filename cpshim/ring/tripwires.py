@@ -68,6 +68,22 @@ def check_local_length(step: Step, seq_len: int, module_name: str) -> None:
         )
 
 
+def check_mixer_call(step: Step, module: Any, args: tuple, seq_len: int, varlen_why: str) -> str:
+    """A patched mixer's call in a sharded step: its arguments by name (the CP path passes cache and mask by
+    name), a strategy it computes exactly (`varlen_why`: why packed documents have no exact answer), its shard.
+    Returns the module's name for messages."""
+    name = f"{type(module).__name__} (layer {getattr(module, 'layer_idx', '?')})"
+    if args:
+        raise TripwireError(f"cpshim ring mode: {name} was called with {len(args)} positional argument(s) after "
+                            "hidden_states; cpshim passes the cache and mask by name: report this transformers "
+                            "release to cpshim")
+    if step.strategy == "varlen":
+        raise TripwireError(f"cpshim ring mode: {name} {varlen_why}, so strategy='varlen' has no exact answer for "
+                            "it: use strategy='zigzag' or 'contiguous' with one document per row")
+    check_local_length(step, seq_len, name)
+    return name
+
+
 def check_same_batch(input_ids: Any, group: Any, rank: int) -> None:
     """All ranks of a CP group must hold the same batch (they each keep a different shard of it)."""
     import torch
