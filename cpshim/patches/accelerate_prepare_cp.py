@@ -57,14 +57,15 @@ def ring_uncomputed(model_or_config: Any, applied: bool = True) -> tuple[list[st
     sliding attention always computed; `conv` and `linear_attention` layers where their family's mixer patch
     runs (`cpshim.ring.mixers`; `applied` False: where it is selected)."""
     bad = [t for t in non_full_attention_layers(model_or_config) if t not in RING_LAYER_TYPES]
-    mixed = [t for t in bad if t in MIXER_LAYER_TYPES]
-    if not mixed:
+    if not bad:
         return bad, []
-    from ..ring.mixers import uncovered
+    from ..ring.mixers import family_known, uncovered
 
     config = getattr(model_or_config, "config", model_or_config)
+    mixed = bad if family_known(config) else [t for t in bad if t in MIXER_LAYER_TYPES]
     why = {t: uncovered(config, t, applied) for t in mixed}
-    return [t for t in bad if why.get(t, "") is not None], [w for w in why.values() if w is not None]
+    return ([t for t in bad if why.get(t, "") is not None],
+            list(dict.fromkeys(w for w in why.values() if w is not None)))
 
 
 def ring_layers_problem(model_or_config: Any, name: str, applied: bool = True) -> str | None:

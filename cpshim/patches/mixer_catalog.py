@@ -109,6 +109,8 @@ MIXER_OF = {(t, p.variants[0].info["model_type"]): p.id for p in MIXER_PATCHES
             for t in p.variants[0].info["layer_types"]}
 _MAMBA1 = ("its Mamba-1 mixer's full-sequence scan in transformers takes no initial state, so no run of a shard can "
            "start from the state the run before it reached")
+#: model_type of a text config -> the id of the patch that computes its mixer layers
+PATCH_OF_FAMILY = {m: pid for (_, m), pid in MIXER_OF.items()}
 #: Why a family with such layers is not covered, where cpshim knows (else: no patch for it yet)
 NOT_COVERED = {"jamba": _MAMBA1, "mamba": _MAMBA1, "falcon_mamba": _MAMBA1, "zamba": _MAMBA1}
 #: Layer types other than attention that some family's mixer patch makes computable

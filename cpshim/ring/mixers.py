@@ -13,28 +13,51 @@ from typing import Any
 _SCANNED: Any = weakref.WeakKeyDictionary()  # model -> its conv problem (the step hook asks every step)
 
 
+def family_known(config: Any) -> bool:
+    """Whether cpshim knows this config's family's mixer: a patch computes it somewhere, or `NOT_COVERED` says
+    why not. Such a family's refusal says why for every layer type it has, including names an older release
+    gives them (transformers <= 5.12 Bamba: `mamba`, `attention`)."""
+    from ..patches.accelerate_prepare_cp import text_config
+    from ..patches.mixer_catalog import NOT_COVERED, PATCH_OF_FAMILY
+
+    model_type = getattr(text_config(config), "model_type", None)
+    return model_type in NOT_COVERED or model_type in PATCH_OF_FAMILY
+
+
 def uncovered(config: Any, layer_type: str, applied: bool) -> str | None:
     """Why ring mode cannot compute this config's `layer_type` layers (None: a patch computes them). `applied`:
     the patch must be running (a model about to train), else selected for the installed versions (`cpshim check
     --model`, before anything is applied)."""
     from .. import lifecycle
     from ..patches.accelerate_prepare_cp import text_config
-    from ..patches.mixer_catalog import MIXER_OF, NOT_COVERED
+    from ..patches.mixer_catalog import MIXER_OF, NOT_COVERED, PATCH_OF_FAMILY
 
     model_type = getattr(text_config(config), "model_type", None)
     pid = MIXER_OF.get((layer_type, model_type))
     if pid is None:
-        known = sorted(m for t, m in MIXER_OF if t == layer_type)
-        why = f" ({NOT_COVERED[model_type]})" if model_type in NOT_COVERED else ""
-        return (f"{model_type} has {layer_type} layers that no cpshim patch computes{why}; cpshim computes those of "
-                f"{', '.join(known)}: train it without cpshim.enable()")
-    if lifecycle.is_active(pid):
+        family = PATCH_OF_FAMILY.get(model_type)
+        if family is None or _runs(family, applied):
+            known = sorted(m for t, m in MIXER_OF if t == layer_type)
+            why = f" ({NOT_COVERED[model_type]})" if model_type in NOT_COVERED else ""
+            covers = f"; cpshim computes those of {', '.join(known)}" if known else ""
+            return (f"{model_type} has {layer_type} layers that no cpshim patch computes{why}{covers}: train it "
+                    "without cpshim.enable()")
+        pid, layer_type = family, "mixer"  # its patch does not run here, and this release names its layers otherwise
+    if _runs(pid, applied):
         return None
     chosen = lifecycle.selection(pid)
-    if chosen is not None and chosen.variant is not None and not applied:
-        return None
     why = chosen.reason if chosen is not None and chosen.variant is None else "it is not applied (cpshim.apply())"
     return f"{model_type}'s {layer_type} layers are computed by patch {pid}, and {why}"
+
+
+def _runs(pid: str, applied: bool) -> bool:
+    """The patch is running, or (`applied` False) selected for the installed versions."""
+    from .. import lifecycle
+
+    if lifecycle.is_active(pid):
+        return True
+    chosen = lifecycle.selection(pid)
+    return not applied and chosen is not None and chosen.variant is not None
 
 
 def unpatched_causal_convs(model: Any) -> list[str]:
