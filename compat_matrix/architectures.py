@@ -10,7 +10,8 @@ own default config (`cpshim.ring.shrink`, no hub) and one verdict:
 - `exact`: ring CP=2 (zigzag, 64 tokens, a copy task, real Trainer, SGD, 2 steps) matches one process:
   per-step loss within LOSS_RTOL, every tensor's first-step update within GRAD_RTOL (relative, Frobenius);
   a tensor whose one-process update is below FLOOR x the largest tensor's is judged against that scale;
-  and the negative control (no KV exchange: each rank attends to its own shard) misses the same check.
+  and the negative control (no KV exchange: each rank attends to its own shard; a model without attention,
+  pure Mamba-2: no state passed between shards) misses the same check.
   Both sides compute attention in bf16; a type that misses in bf16 is run again in fp16, and is exact if it
   passes there (rounding shrinks ~8x with 3 more mantissa bits; a CP error does not).
   Vision-language types train text-only batches here (image batches: `tests/architectures`).
@@ -180,7 +181,8 @@ def render(results: dict) -> tuple[str, str]:
         f"{rule['steps']} SGD steps of a real Trainer on a copy task) matches one process: per-step loss within "
         f"{rule['loss_rtol']:g}, each tensor's first-step update within {rule['grad_rtol']:g} (relative, Frobenius; "
         f"a tensor whose update is below {rule['floor']:g} x the largest tensor's is judged at that scale), and its "
-        "negative control (each rank attending to its own shard only) misses the same check (its worst tensor's "
+        "negative control (each rank attending to its own shard only; without attention, pure Mamba-2: no state "
+        "passed between shards) misses the same check (its worst tensor's "
         "error in the column: on a model where local attention passes, the check would prove nothing). The "
         "model is the type's default config shrunk (`cpshim.ring.shrink`). Vision-language types train text-only "
         "batches here; image batches are proven for Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`tests/architectures`). "

@@ -52,6 +52,7 @@ def test_an_exact_row_is_within_the_rule_it_states():
     ("lfm2", "exact", ""),
     ("bamba", "exact", ""),
     ("falcon_h1", "exact", ""),  # attention and Mamba-2 side by side in each `hybrid` layer
+    ("mamba2", "exact", ""),  # no attention and no position_ids: it reads no positions
     ("jamba", "refused", "Mamba-1"),
     ("diffllama", "exact", "exact in fp16"),  # bf16 rounding over the rule, exact in fp16
     ("gpt_neox_japanese", "refused", "did not run ring attention"),  # inline attention, named `attention`

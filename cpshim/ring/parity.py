@@ -2,9 +2,9 @@
 
 Used by `cpshim demo` and by the parity tests. One launch runs several cases in sequence so that
 each process pays the Trainer import once. A case is a dict: strategy, batch, seq_len, steps,
-grad_accum, packed (documents restart position_ids), negative (ring without the KV exchange: the
-control that must fail the check), refused (the CP run must stop with a tripwire; its message is the
-result).
+grad_accum, packed (documents restart position_ids), negative (ring without the KV exchange, and a
+model without attention without its state chain: the control that must fail the check), refused
+(the CP run must stop with a tripwire; its message is the result).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def run_case(case: dict, cp: int) -> dict:
     torch.manual_seed(0)
     model = _model(case)
     extra: dict[str, Any] = {}
-    from . import carry_state, routing, sliding, vlm
+    from . import carry_state, positions, routing, sliding, vlm
 
     ring_forward, plan, entry, chain = routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain
     if cp > 1:
@@ -213,6 +213,8 @@ def run_case(case: dict, cp: int) -> dict:
             _drop_argument({"no-softcap": "softcap", "no-sinks": "s_aux"}[case["negative"]])
         elif case.get("negative"):
             _skip_kv_exchange()
+            if positions.reads_no_positions(model):  # no attention to cut off (pure Mamba-2): cut the state chain
+                _skip_state()
     else:
         from transformers import AttentionInterface
 

@@ -72,11 +72,14 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        # the other families on this path, from their default configs shrunk (`cpshim.ring.shrink`, as the
        # architecture table builds them): Falcon-H1's hybrid layers, NemotronH, Zamba2, OLMo-hybrid, Kimi Linear
        *({"id": f"carry-{t}-zigzag", "model": f"auto:{t}", "strategy": "zigzag", **SEQ}
-         for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear")),
+         for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear", "mamba2")),
        {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
        {"id": "negative-mamba2-no-state", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
-        "negative": "no-state"}] if CARRY else []),
+        "negative": "no-state"},
+       # pure Mamba-2 has no attention whose KV exchange the table's control could drop: it drops the state
+       {"id": "negative-pure-mamba2-table-control", "model": "auto:mamba2", "strategy": "zigzag", **SEQ,
+        "negative": True}] if CARRY else []),
     {"id": "conv-lfm2-varlen-refused", "model": "lfm2", "strategy": "varlen", **SEQ, "batch": 2, "packed": True,
      "refused": True},
     {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},
