@@ -11,8 +11,9 @@
   the same path (one conv over q, k, v on 5.21+).
 - Mamba-2 (`linear_attention` layers, Falcon-H1's `hybrid` ones: attention and Mamba-2 side by side):
   Bamba, Granite 4 hybrid, Falcon-H1, NemotronH, Zamba2, Mamba-2, run by the same `cpshim.ring.carry_state`
-  (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise). Mamba-1
-  (Jamba, Mamba, Falcon-Mamba, Zamba) is not covered: its full-sequence scan takes no initial state.
+  (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise).
+- Mamba-1 (`linear_attention` layers, Zamba's `hybrid` ones): Jamba, Mamba, Falcon-Mamba, Zamba, by the same
+  path, whose full-sequence scan takes no initial state: `cpshim.ring.mamba1_scan` adds the carried state's part.
 Each fingerprint group of these patches has a `mixers` (or full) cell in the matrix running
 tests/parity/test_mixer_parity.py.
 """
@@ -89,6 +90,16 @@ def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] 
                                                                                    "ssm_state_size")})
 
 
+def _mamba1(model_type: str, cls: str, floor: str, state: tuple[str, ...] = ("intermediate_size", "ssm_state_size"),
+            layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
+    return _mixer(layer_types, model_type, model_type, cls, floor, "mamba1", "cpshim.ring.carry_state:forward",
+                  "runs each run of its shard from the conv rows the run before it left, adding the SSM state it "
+                  "left to upstream's zero-started scan (`cpshim.ring.mamba1_scan`)", _CARRY_ADDS,
+                  (f"{cls}.__init__", f"{cls}.forward", "mamba_selective_scan", "causal_conv1d_fn"),
+                  refused_before=_CARRY_FLOOR, carry={"conv": "intermediate_size", "state": state},
+                  scan="mamba_selective_scan")
+
+
 SHORT_CONV = (_short_conv("lfm2", "Lfm2ShortConv", "4.54.0"), _short_conv("lfm2_moe", "Lfm2MoeShortConv", "5.0.0"),
               _short_conv("lfm3", "Lfm3ShortConv", "5.23.0"))
 DELTANET = (_deltanet("qwen3_next", "qwen3_next", "Qwen3NextGatedDeltaNet", "4.57.0"),
@@ -103,16 +114,17 @@ MAMBA2 = (_mamba2("bamba", "BambaMixer", "4.48.0"), _mamba2("granitemoehybrid", 
           _mamba2("nemotron_h", "NemotronHMamba2Mixer", "5.3.0", (LINEAR, "mlp", "moe")),
           _mamba2("zamba2", "Zamba2MambaMixer", "4.49.0", (LINEAR, HYBRID)),
           _mamba2("mamba2", "Mamba2Mixer", "4.44.0"))
-MIXER_PATCHES = SHORT_CONV + DELTANET + MAMBA2
+MAMBA1 = (_mamba1("jamba", "JambaMambaMixer", "4.40.0"), _mamba1("mamba", "MambaMixer", "4.39.0"),
+          _mamba1("falcon_mamba", "FalconMambaMixer", "4.45.0"),
+          # one scan per Mamba head: the state is (batch, heads, head channels, d_state)
+          _mamba1("zamba", "ZambaMambaMixer", "4.46.0", ("n_mamba_heads", "mamba_head_dim", "ssm_state_size"),
+                  (LINEAR, HYBRID)))
+MIXER_PATCHES = SHORT_CONV + DELTANET + MAMBA2 + MAMBA1
 #: (layer type, model_type of a text config) -> the id of the patch that computes those layers
 MIXER_OF = {(t, p.variants[0].info["model_type"]): p.id for p in MIXER_PATCHES
             for t in p.variants[0].info["layer_types"]}
-_MAMBA1 = ("its Mamba-1 mixer's full-sequence scan in transformers takes no initial state, so no run of a shard can "
-           "start from the state the run before it reached")
 #: model_type of a text config -> the id of the patch that computes its mixer layers
 PATCH_OF_FAMILY = {m: pid for (_, m), pid in MIXER_OF.items()}
-#: Why a family with such layers is not covered, where cpshim knows (else: no patch for it yet)
-NOT_COVERED = {"jamba": _MAMBA1, "mamba": _MAMBA1, "falcon_mamba": _MAMBA1, "zamba": _MAMBA1}
 #: Layer types other than attention that some family's mixer patch makes computable
 MIXER_LAYER_TYPES = tuple(sorted({t for t, _ in MIXER_OF}))
 #: (module, class name) of every patched mixer -> its patch id: a sharded step expects each instance to run it

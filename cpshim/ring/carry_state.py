@@ -1,4 +1,4 @@
-"""Recurrent mixers under CP (Gated DeltaNet, Mamba-2): the state passed along the sequence.
+"""Recurrent mixers under CP (Gated DeltaNet, Mamba-2, Mamba-1): the state passed along the sequence.
 
 Both mixers are in_proj, a depthwise causal conv1d of k taps, a recurrence whose state carries everything
 before a position (the gated delta rule: heads x k_head_dim x v_head_dim per row; Mamba-2's SSD: heads x
@@ -19,11 +19,13 @@ prefix over the group and re-running each run from its true state, costs two ext
 layer: not built). An all-to-all to head shards (Ulysses) would keep the compute parallel but needs heads
 divisible by cp and moves O(sequence) per layer. Attention and MLP layers stay parallel.
 Packed documents (varlen) are refused: the state would have to restart at each boundary. Mamba-1 (Jamba,
-Mamba, Falcon-Mamba) cannot take this path: its full-sequence scan in transformers takes no initial state.
+Mamba, Falcon-Mamba, Zamba) takes the same path, but its full-sequence scan takes no initial state: the
+carried state's part is added to it (`cpshim.ring.mamba1_scan`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from typing import Any
@@ -99,8 +101,8 @@ def _cache_name(cls: Any) -> str:
 
 
 def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
-    """Impl of the `*-gated-deltanet` and `*-mamba2` patches: upstream's forward outside sharded steps (the gate is
-    closed then)."""
+    """Impl of the `*-gated-deltanet`, `*-mamba2` and `*-mamba1` patches: upstream's forward outside sharded
+    steps (the gate is closed then)."""
     step = runtime.current_step()
     if step is None or id(module) in step.outside:
         return call.original(hidden_states, *args, **kwargs)
@@ -123,7 +125,8 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         elif origin is None:
             carry = (None, None)
         cache = RunCache(*carry)
-        outs.append(call.original(hidden_states[:, local:local + length], **{cache_name: cache}, **kwargs))
+        with _scan_started(module, call.variant.info.get("scan"), carry[1]):
+            outs.append(call.original(hidden_states[:, local:local + length], **{cache_name: cache}, **kwargs))
         carry = (cache.conv_out, cache.state_out)
         if dest is not None:
             sends.append(_send_function().apply(cache.conv_out, cache.state_out, _peer(step.group, dest),
@@ -133,6 +136,16 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         out = out + token.sum()
     step.ran.add(id(module))
     return out
+
+
+def _scan_started(module: Any, scan: str | None, state: Any) -> Any:
+    """Mamba-1's scan takes no initial state (its patch names the scan, `info["scan"]`): started from the carry's
+    state by `cpshim.ring.mamba1_scan` within the run's call; the other mixers read it from the cache."""
+    if scan is None or state is None:
+        return contextlib.nullcontext()
+    from . import mamba1_scan
+
+    return mamba1_scan.started_from(type(module).__module__, scan, state)
 
 
 def _tag(layer: int, boundary: int) -> int:

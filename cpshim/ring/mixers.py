@@ -14,14 +14,13 @@ _SCANNED: Any = weakref.WeakKeyDictionary()  # model -> its conv problem (the st
 
 
 def family_known(config: Any) -> bool:
-    """Whether cpshim knows this config's family's mixer: a patch computes it somewhere, or `NOT_COVERED` says
-    why not. Such a family's refusal says why for every layer type it has, including names an older release
-    gives them (transformers <= 5.12 Bamba: `mamba`, `attention`)."""
+    """Whether a patch computes this config's family's mixer somewhere. Such a family's refusal says why for
+    every layer type it has, including names an older release gives them (transformers <= 5.12 Bamba:
+    `mamba`, `attention`)."""
     from ..patches.accelerate_prepare_cp import text_config
-    from ..patches.mixer_catalog import NOT_COVERED, PATCH_OF_FAMILY
+    from ..patches.mixer_catalog import PATCH_OF_FAMILY
 
-    model_type = getattr(text_config(config), "model_type", None)
-    return model_type in NOT_COVERED or model_type in PATCH_OF_FAMILY
+    return getattr(text_config(config), "model_type", None) in PATCH_OF_FAMILY
 
 
 def uncovered(config: Any, layer_type: str, applied: bool) -> str | None:
@@ -30,7 +29,7 @@ def uncovered(config: Any, layer_type: str, applied: bool) -> str | None:
     --model`, before anything is applied)."""
     from .. import lifecycle
     from ..patches.accelerate_prepare_cp import text_config
-    from ..patches.mixer_catalog import MIXER_OF, NOT_COVERED, PATCH_OF_FAMILY
+    from ..patches.mixer_catalog import MIXER_OF, PATCH_OF_FAMILY
 
     model_type = getattr(text_config(config), "model_type", None)
     pid = MIXER_OF.get((layer_type, model_type))
@@ -38,10 +37,9 @@ def uncovered(config: Any, layer_type: str, applied: bool) -> str | None:
         family = PATCH_OF_FAMILY.get(model_type)
         if family is None or _runs(family, applied):
             known = sorted(m for t, m in MIXER_OF if t == layer_type)
-            why = f" ({NOT_COVERED[model_type]})" if model_type in NOT_COVERED else ""
             covers = f"; cpshim computes those of {', '.join(known)}" if known else ""
-            return (f"{model_type} has {layer_type} layers that no cpshim patch computes{why}{covers}: train it "
-                    "without cpshim.enable()")
+            return f"{model_type} has {layer_type} layers that no cpshim patch computes{covers}: train it without " \
+                   "cpshim.enable()"
         pid, layer_type = family, "mixer"  # its patch does not run here, and this release names its layers otherwise
     if _runs(pid, applied):
         return None

@@ -9,6 +9,7 @@ model without attention without its state chain: the control that must fail the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -156,7 +157,8 @@ def _skip_halo() -> None:
 
 
 def _skip_state() -> None:
-    """Negative control of the recurrent layers (Gated DeltaNet, Mamba-2): every run starts from no state."""
+    """Negative control of the recurrent layers (Gated DeltaNet, Mamba-2, Mamba-1): every run starts from no
+    state."""
     from . import carry_state
 
     exact = carry_state.chain
@@ -197,7 +199,7 @@ def run_case(case: dict, cp: int) -> dict:
     extra: dict[str, Any] = {}
     from . import carry_state, positions, routing, sliding, vlm
 
-    ring_forward, plan, entry, chain = routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain
+    saved = routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain, carry_state._scan_started
     if cp > 1:
         from accelerate import ParallelismConfig
 
@@ -207,6 +209,8 @@ def run_case(case: dict, cp: int) -> dict:
             _skip_halo()
         elif case.get("negative") == "no-state":
             _skip_state()
+        elif case.get("negative") == "zero-started-scan":  # Mamba-1: the state travels, its part is never added
+            carry_state._scan_started = lambda *args: contextlib.nullcontext()  # type: ignore[assignment]
         elif case.get("negative") == "positions-per-shard":
             parity_vlm.positions_per_shard()
         elif case.get("negative") in ("no-softcap", "no-sinks"):
@@ -269,7 +273,8 @@ def run_case(case: dict, cp: int) -> dict:
             again.train(resume_from_checkpoint=os.path.join(str(args.output_dir), "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
-        routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain = ring_forward, plan, entry, chain
+        (routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain,
+         carry_state._scan_started) = saved
     return result
 
 

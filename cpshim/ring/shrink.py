@@ -59,6 +59,12 @@ OVERRIDES: dict[str, dict[str, Any]] = {
                "num_hidden_layers": 2, "layers_block_type": ["linear_attention", "hybrid"], "hybrid_layer_ids": [1],
                "attention_hidden_size": 128},  # its shared attention reads [hidden; embeddings]
     "kimi_linear": {"num_experts_per_token": 2, "qk_head_dim": 24},  # of 4 experts; MLA: nope 16 + rope 8
+    # Mamba-1 hybrids: Jamba one Mamba layer then one attention layer (with experts); Zamba's one shared
+    # transformer block needs two hybrid layers to share it
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
+              "num_hidden_layers": 2},
+    "zamba": {"num_hidden_layers": 4, "layers_block_type": ["linear_attention", "hybrid", "linear_attention", "hybrid"],
+              "attention_hidden_size": 128, "attention_head_dim": 32, "mamba_dt_rank": 4},  # derived at full size
 }
 
 

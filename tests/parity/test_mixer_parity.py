@@ -1,6 +1,6 @@
 """Sequence mixers other than attention under ring CP, with a real Trainer on 2 gloo ranks, equal one process
 (all cases in one launch): LFM2's short convolutions (`cpshim.ring.short_conv`, a halo of kernel - 1 input rows)
-and the recurrent mixers, Gated DeltaNet and Mamba-2 (`cpshim.ring.carry_state`, the conv rows and recurrent state
+and the recurrent mixers, Gated DeltaNet, Mamba-2 and Mamba-1 (`cpshim.ring.carry_state`, the conv rows and recurrent state
 passed along the sequence).
 
 - lfm2 (conv, full, conv) on zigzag with batch 2, contiguous with kernel 5, zigzag with a kernel of 20, wider
@@ -13,9 +13,13 @@ passed along the sequence).
 - Mamba-2 where its patches apply (the same floor): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
   16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, Granite 4 hybrid (with
   experts) zigzag with batch 2; varlen refused by name. Falcon-H1, NemotronH, Zamba2, OLMo-hybrid's DeltaNet and
-  Kimi Linear's KDA (the same path) zigzag, from their default configs shrunk.
+  Kimi Linear's KDA (the same path) zigzag, from their default configs shrunk; pure Mamba-2 (no attention, no
+  position_ids) too.
+- Mamba-1 (the same floor; upstream's zero-started scan plus the carried state's part): Jamba (with experts)
+  zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
 - The negative controls (each conv run without the rows before it; each Gated DeltaNet and each Mamba-2 run from
-  no state) must fail the same check.
+  no state; pure Mamba-2 under the architecture table's control; Jamba's scan started from zero though its state
+  arrives) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
 file for each fingerprint group of the short-conv patches.
@@ -72,14 +76,20 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        # the other families on this path, from their default configs shrunk (`cpshim.ring.shrink`, as the
        # architecture table builds them): Falcon-H1's hybrid layers, NemotronH, Zamba2, OLMo-hybrid, Kimi Linear
        *({"id": f"carry-{t}-zigzag", "model": f"auto:{t}", "strategy": "zigzag", **SEQ}
-         for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear", "mamba2")),
+         for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear", "mamba2", "jamba", "mamba",
+                   "falcon_mamba", "zamba")),
+       # Mamba-1: upstream's zero-started scan plus the carried state's part (`cpshim.ring.mamba1_scan`)
+       {"id": "mamba1-jamba-contiguous-b2", "model": "auto:jamba", "strategy": "contiguous", **SEQ, "batch": 2},
        {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
        {"id": "negative-mamba2-no-state", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
         "negative": "no-state"},
        # pure Mamba-2 has no attention whose KV exchange the table's control could drop: it drops the state
        {"id": "negative-pure-mamba2-table-control", "model": "auto:mamba2", "strategy": "zigzag", **SEQ,
-        "negative": True}] if CARRY else []),
+        "negative": True},
+       # the state reaches each run, but the scan starts from zero (the conv rows alone)
+       {"id": "negative-mamba1-zero-started-scan", "model": "auto:jamba", "strategy": "zigzag", **SEQ,
+        "negative": "zero-started-scan"}] if CARRY else []),
     {"id": "conv-lfm2-varlen-refused", "model": "lfm2", "strategy": "varlen", **SEQ, "batch": 2, "packed": True,
      "refused": True},
     {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},

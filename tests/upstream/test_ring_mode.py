@@ -219,6 +219,10 @@ def _recurrent_model(kind):
 
     sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, attn_implementation="sdpa")
+    if kind == "jamba-mamba1":
+        return transformers.JambaForCausalLM(transformers.JambaConfig(
+            **sizes, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+            num_experts=2, use_mamba_kernels=False))
     if kind == "qwen3-5-gated-deltanet":
         if not hasattr(transformers, "Qwen3_5TextConfig"):
             pytest.skip("no Qwen3.5 in this transformers")
@@ -229,30 +233,15 @@ def _recurrent_model(kind):
         **sizes, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_expand=2, attn_layer_indices=[1]))
 
 
-@pytest.mark.parametrize("kind", ["qwen3-5-gated-deltanet", "bamba-mamba2"])
+@pytest.mark.parametrize("kind", ["qwen3-5-gated-deltanet", "bamba-mamba2", "jamba-mamba1"])
 def test_recurrent_layers_pass_where_their_patch_runs_and_name_the_upgrade_below(trainer, ring, batch, kind):
-    """Qwen3.5's Gated DeltaNet and Bamba's Mamba-2 run their patches (`cpshim.ring.carry_state`) from
-    transformers 5.21; below, their layers are refused, naming the release to upgrade to."""
+    """Qwen3.5's Gated DeltaNet, Bamba's Mamba-2 and Jamba's Mamba-1 run their patches (`cpshim.ring.carry_state`)
+    from transformers 5.21; below, their layers are refused, naming the release to upgrade to (4.x Jamba's config
+    names no layer types: its conv1d, found in the modules)."""
     model = _recurrent_model(kind)
     applies = cpshim.report()[kind].variant is not None
     with pytest.raises(cpshim.CpshimRuntimeError,
                        match="processes per CP group" if applies else "transformers (to )?>= 5.21"):
-        _prepare(trainer, model, batch)
-
-
-def test_mamba1_layers_are_refused_naming_why(trainer, ring, batch):
-    """Jamba's Mamba-1 mixer: transformers' full-sequence scan takes no initial state, so no run can start from
-    another's; refused by name, with what to do."""
-    from transformers import JambaConfig, JambaForCausalLM
-
-    model = JambaForCausalLM(JambaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, attn_layer_period=2,
-                                         attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
-                                         num_experts=2, attn_implementation="sdpa", use_mamba_kernels=False))
-    # transformers 4.x's Jamba config has no layer_types: the modules say it (its conv1d, in JambaMambaMixer)
-    named = getattr(model.config, "layer_types", None)
-    with pytest.raises(cpshim.CpshimRuntimeError, match="jamba has (linear_attention|mamba) layers .*Mamba-1.*no initial "
-                       "state.*without cpshim.enable" if named else "causal convolution .*JambaMambaMixer.*without"):
         _prepare(trainer, model, batch)
 
 
