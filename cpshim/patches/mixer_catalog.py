@@ -14,6 +14,8 @@
   (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise).
 - Mamba-1 (`linear_attention` layers, Zamba's `hybrid` ones): Jamba, Mamba, Falcon-Mamba, Zamba, by the same
   path, whose full-sequence scan takes no initial state: `cpshim.ring.mamba1_scan` adds the carried state's part.
+- RecurrentGemma's recurrent block (`linear_attention` layers from 5.23.0, `recurrent` before, refused there):
+  the same carry, handed to upstream through the block's own cache attributes (`cpshim.ring.rg_lru`).
 Each fingerprint group of these patches has a `mixers` (or full) cell in the matrix running
 tests/parity/test_mixer_parity.py.
 """
@@ -52,7 +54,7 @@ def _mixer(layer_types: tuple[str, ...], model_type: str, module_name: str, cls:
                           info={"layer_type": layer_types[0], "layer_types": layer_types, "model_type": model_type,
                                 "keeps": "upstream's forward and kernels, outside sharded steps and on each run",
                                 "adds": adds, **info}),),
-        watch=tuple(f"{module}:{w}" for w in watch),
+        watch=tuple(w if ":" in w else f"{module}:{w}" for w in watch),  # "module:qualname" elsewhere as it is
     )
 
 
@@ -100,6 +102,22 @@ def _mamba1(model_type: str, cls: str, floor: str, state: tuple[str, ...] = ("in
                   scan="mamba_selective_scan")
 
 
+def _rg_lru(model_type: str, cls: str, floor: str, since: str) -> Patch:
+    return _mixer((LINEAR,), model_type, model_type, cls, floor, "rg-lru", "cpshim.ring.carry_state:forward",
+                  "runs each run of its shard from the conv rows and RG-LRU state the run before it left, set as "
+                  "the block's own cache attributes (`cpshim.ring.rg_lru`)", _CARRY_ADDS,
+                  (f"{cls}.__init__", f"{cls}.forward", "RecurrentGemmaRglru.forward", "RecurrentGemmaRglru._rnn_scan",
+                   # the names its config gives the layers (`linear_attention` from 5.23.0)
+                   f"transformers.models.{model_type}.configuration_{model_type}:RecurrentGemmaConfig.layers_block_type"),
+                  refused_before=(since, f"ring mode refuses its recurrent layers (before {since} its config names "
+                                         "them `recurrent` and its local attention `attention`, which cpshim does not "
+                                         f"classify): upgrade transformers to >= {since}"),
+                  carry={"conv": "lru_width", "kernel": "conv1d_width", "conv_module": "conv_1d",
+                         "state": ("lru_width",)}, run="rg-lru",
+                  varlen_why="is a recurrent block whose convolution transformers runs across packed document "
+                             "boundaries (even in one process; its RG-LRU does restart there)")
+
+
 SHORT_CONV = (_short_conv("lfm2", "Lfm2ShortConv", "4.54.0"), _short_conv("lfm2_moe", "Lfm2MoeShortConv", "5.0.0"),
               _short_conv("lfm3", "Lfm3ShortConv", "5.23.0"))
 DELTANET = (_deltanet("qwen3_next", "qwen3_next", "Qwen3NextGatedDeltaNet", "4.57.0"),
@@ -119,7 +137,9 @@ MAMBA1 = (_mamba1("jamba", "JambaMambaMixer", "4.40.0"), _mamba1("mamba", "Mamba
           # one scan per Mamba head: the state is (batch, heads, head channels, d_state)
           _mamba1("zamba", "ZambaMambaMixer", "4.46.0", ("n_mamba_heads", "mamba_head_dim", "ssm_state_size"),
                   (LINEAR, HYBRID)))
-MIXER_PATCHES = SHORT_CONV + DELTANET + MAMBA2 + MAMBA1
+# Griffin's RG-LRU and conv beside sliding-window attention layers (`linear_attention` from 5.23.0)
+RG_LRU = (_rg_lru("recurrent_gemma", "RecurrentGemmaRecurrentBlock", "4.40.0", "5.23.0"),)
+MIXER_PATCHES = SHORT_CONV + DELTANET + MAMBA2 + MAMBA1 + RG_LRU
 #: (layer type, model_type of a text config) -> the id of the patch that computes those layers
 MIXER_OF = {(t, p.variants[0].info["model_type"]): p.id for p in MIXER_PATCHES
             for t in p.variants[0].info["layer_types"]}

@@ -1,4 +1,4 @@
-"""Recurrent mixers under CP (Gated DeltaNet, Mamba-2, Mamba-1): the state passed along the sequence.
+"""Recurrent mixers under CP (Gated DeltaNet, Mamba-2, Mamba-1, RG-LRU): the state passed along the sequence.
 
 Both mixers are in_proj, a depthwise causal conv1d of k taps, a recurrence whose state carries everything
 before a position (the gated delta rule: heads x k_head_dim x v_head_dim per row; Mamba-2's SSD: heads x
@@ -20,7 +20,8 @@ layer: not built). An all-to-all to head shards (Ulysses) would keep the compute
 divisible by cp and moves O(sequence) per layer. Attention and MLP layers stay parallel.
 Packed documents (varlen) are refused: the state would have to restart at each boundary. Mamba-1 (Jamba,
 Mamba, Falcon-Mamba, Zamba) takes the same path, but its full-sequence scan takes no initial state: the
-carried state's part is added to it (`cpshim.ring.mamba1_scan`).
+carried state's part is added to it (`cpshim.ring.mamba1_scan`). RecurrentGemma's block keeps its cache in
+module attributes, not a cache object: its patch's run call (`info["run"]`) is `cpshim.ring.rg_lru.run`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import functools
 import inspect
 from typing import Any
 
-from . import runtime, sliding, tripwires
+from . import rg_lru, runtime, sliding, tripwires
 
 _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
@@ -101,41 +102,50 @@ def _cache_name(cls: Any) -> str:
 
 
 def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
-    """Impl of the `*-gated-deltanet`, `*-mamba2` and `*-mamba1` patches: upstream's forward outside sharded
-    steps (the gate is closed then)."""
+    """Impl of the `*-gated-deltanet`, `*-mamba2`, `*-mamba1` and `*-rg-lru` patches: upstream's forward outside
+    sharded steps (the gate is closed then). Each run's call is the patch's `info["run"]` (default: through a
+    one-run cache)."""
     step = runtime.current_step()
     if step is None or id(module) in step.outside:
         return call.original(hidden_states, *args, **kwargs)
     import torch
 
-    name = tripwires.check_mixer_call(step, module, args, hidden_states.shape[1], "is a recurrent layer, whose "
-                                      "state would have to restart at each packed document")
-    cache_name = _cache_name(type(module))  # type: ignore[arg-type]
-    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
+    info = call.variant.info
+    name = tripwires.check_mixer_call(step, module, args, hidden_states.shape[1], info.get(
+        "varlen_why", "is a recurrent layer, whose state would have to restart at each packed document"))
+    run_call = _RUNS[info.get("run", "cache")]
     kwargs["attention_mask"] = None  # right padding only: zeroed rows follow every real token
-    outs, sends, carry = [], [], (None, None)
+    outs, sends, carry, rest = [], [], (None, None), ()
     layer = int(getattr(module, "layer_idx", 0))
     for local, _start, length, origin, dest, i in chain(step.global_len, step.cp, step.rank, step.strategy):
         if length < 2:
             raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
                                           "decodes one token from its cache): use sequences of at least 4 * cp tokens")
         if origin not in (None, "here"):
-            carry = _receive(module, call.variant.info["carry"], hidden_states, origin, step.group,
-                             _tag(layer, i - 1))
+            carry = _receive(module, info["carry"], hidden_states, origin, step.group, _tag(layer, i - 1))
         elif origin is None:
             carry = (None, None)
-        cache = RunCache(*carry)
-        with _scan_started(module, call.variant.info.get("scan"), carry[1]):
-            outs.append(call.original(hidden_states[:, local:local + length], **{cache_name: cache}, **kwargs))
-        carry = (cache.conv_out, cache.state_out)
+        got, carry = run_call(call, module, hidden_states, local, length, carry, kwargs)
+        got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
+        outs.append(got)
         if dest is not None:
-            sends.append(_send_function().apply(cache.conv_out, cache.state_out, _peer(step.group, dest),
-                                                _tag(layer, i)))
+            sends.append(_send_function().apply(*carry, _peer(step.group, dest), _tag(layer, i)))
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     for token in sends:  # each send's backward (the carry's gradient from the next run) runs with the output's
         out = out + token.sum()
     step.ran.add(id(module))
-    return out
+    return (out, *rest) if rest else out
+
+
+def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict
+                   ) -> tuple[Any, tuple]:
+    """One run through upstream's cache API: a one-run cache holding the carry; what the run left, out."""
+    cache = RunCache(*carry)
+    name = _cache_name(type(module))  # type: ignore[arg-type]
+    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
+    with _scan_started(module, call.variant.info.get("scan"), carry[1]):
+        out = call.original(hidden[:, local:local + length], **{name: cache}, **kwargs)
+    return out, (cache.conv_out, cache.state_out)
 
 
 def _scan_started(module: Any, scan: str | None, state: Any) -> Any:
@@ -146,6 +156,10 @@ def _scan_started(module: Any, scan: str | None, state: Any) -> Any:
     from . import mamba1_scan
 
     return mamba1_scan.started_from(type(module).__module__, scan, state)
+
+
+#: `info["run"]` of a patch -> how one run of the shard calls upstream's forward with the carry
+_RUNS = {"cache": _through_cache, "rg-lru": rg_lru.run}
 
 
 def _tag(layer: int, boundary: int) -> int:
@@ -163,14 +177,15 @@ def _peer(group: Any, r: int) -> int:
 
 def _receive(module: Any, carry: dict, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
     """The carry from the previous run's rank, shaped from the module's attributes the patch names (`carry`:
-    conv channels, state dims), in the dtype the conv input has (the autocast dtype, else the conv's)."""
+    conv channels, state dims; the conv's taps and module where they are not `conv_kernel_size` / `conv1d`), in
+    the dtype the conv input has (the autocast dtype, else the conv's)."""
     import torch
 
     b = hidden.shape[0]
-    conv_shape = (b, getattr(module, carry["conv"]), module.conv_kernel_size)
+    conv_shape = (b, getattr(module, carry["conv"]), getattr(module, carry.get("kernel", "conv_kernel_size")))
     state_shape = (b, *(getattr(module, a) for a in carry["state"]))
     dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
-        else module.conv1d.weight.dtype
+        else getattr(module, carry.get("conv_module", "conv1d")).weight.dtype
     anchor = hidden.new_zeros((), requires_grad=torch.is_grad_enabled())
     conv, state = _receive_function().apply(anchor, conv_shape, state_shape, _peer(group, src), tag)
     return conv.to(dtype), state

@@ -90,6 +90,7 @@ def conv_problem(model: Any) -> str | None:
     problem = None if not convs else (
         f"{type(model).__name__} has {len(convs)} sequence mixer(s) with a causal convolution that no active cpshim "
         f"patch computes under CP (first: {convs[0]}; each would run on its shard alone): on transformers >= 5.21 "
-        "cpshim computes Gated DeltaNet, Mamba-2 and LFM2 conv layers; otherwise train it without cpshim.enable()")
+        "cpshim computes Gated DeltaNet, Mamba-2, Mamba-1 and LFM2 conv layers, on >= 5.23 RecurrentGemma's; "
+        "otherwise train it without cpshim.enable()")
     _SCANNED[model] = problem
     return problem

@@ -65,6 +65,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
               "num_hidden_layers": 2},
     "zamba": {"num_hidden_layers": 4, "layers_block_type": ["linear_attention", "hybrid", "linear_attention", "hybrid"],
               "attention_hidden_size": 128, "attention_head_dim": 32, "mamba_dt_rank": 4},  # derived at full size
+    # RecurrentGemma: two recurrent blocks, then local attention with a window shorter than a shard's chunk
+    "recurrent_gemma": {"num_hidden_layers": 3, "attention_window_size": 8, "lru_width": 64},
 }
 
 

@@ -1,7 +1,7 @@
 """Sequence mixers other than attention under ring CP, with a real Trainer on 2 gloo ranks, equal one process
 (all cases in one launch): LFM2's short convolutions (`cpshim.ring.short_conv`, a halo of kernel - 1 input rows)
-and the recurrent mixers, Gated DeltaNet, Mamba-2 and Mamba-1 (`cpshim.ring.carry_state`, the conv rows and recurrent state
-passed along the sequence).
+and the recurrent mixers, Gated DeltaNet, Mamba-2, Mamba-1 and RG-LRU (`cpshim.ring.carry_state`, the conv rows and
+recurrent state passed along the sequence).
 
 - lfm2 (conv, full, conv) on zigzag with batch 2, contiguous with kernel 5, zigzag with a kernel of 20, wider
   than a zigzag chunk (16 tokens), whose halo spans two ranks; lfm2_moe (experts) where transformers has it
@@ -17,9 +17,11 @@ passed along the sequence).
   position_ids) too.
 - Mamba-1 (the same floor; upstream's zero-started scan plus the carried state's part): Jamba (with experts)
   zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
-- The negative controls (each conv run without the rows before it; each Gated DeltaNet and each Mamba-2 run from
-  no state; pure Mamba-2 under the architecture table's control; Jamba's scan started from zero though its state
-  arrives) must fail the same check.
+- RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
+  contiguous with batch 2; varlen refused by name.
+- The negative controls (each conv run without the rows before it; each Gated DeltaNet, Mamba-2 and RG-LRU run
+  from no state; pure Mamba-2 under the architecture table's control; Jamba's scan started from zero though its
+  state arrives) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
 file for each fingerprint group of the short-conv patches.
@@ -51,6 +53,8 @@ def _has(model_type: str) -> bool:
 
 #: The Gated DeltaNet and Mamba-2 patches need transformers >= 5.21 (below, ring mode refuses their layers)
 CARRY = _has("qwen3_5") and bool(__import__("cpshim").report()["qwen3-5-gated-deltanet"].variant)
+#: RecurrentGemma's layer types are `linear_attention` / `sliding_attention` from 5.23 (ring mode refuses it below)
+RG_LRU = _has("recurrent_gemma") and bool(__import__("cpshim").report()["recurrent-gemma-rg-lru"].variant)
 SEQ = {"batch": 1, "seq_len": 64, "steps": 2}
 CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
     {"id": "conv-lfm2-zigzag-b2", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2},
@@ -90,6 +94,14 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        # the state reaches each run, but the scan starts from zero (the conv rows alone)
        {"id": "negative-mamba1-zero-started-scan", "model": "auto:jamba", "strategy": "zigzag", **SEQ,
         "negative": "zero-started-scan"}] if CARRY else []),
+    # RecurrentGemma: the RG-LRU and its conv from the block's cache attributes, local attention (window 8) beside
+    *([{"id": "rg-lru-recurrent_gemma-zigzag", "model": "auto:recurrent_gemma", "strategy": "zigzag", **SEQ},
+       {"id": "rg-lru-recurrent_gemma-contiguous-b2", "model": "auto:recurrent_gemma", "strategy": "contiguous",
+        **SEQ, "batch": 2},
+       {"id": "rg-lru-recurrent_gemma-varlen-refused", "model": "auto:recurrent_gemma", "strategy": "varlen", **SEQ,
+        "batch": 2, "packed": True, "refused": True},
+       {"id": "negative-rg-lru-no-state", "model": "auto:recurrent_gemma", "strategy": "zigzag", **SEQ,
+        "negative": "no-state"}] if RG_LRU else []),
     {"id": "conv-lfm2-varlen-refused", "model": "lfm2", "strategy": "varlen", **SEQ, "batch": 2, "packed": True,
      "refused": True},
     {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},
@@ -127,9 +139,10 @@ def test_negative_control_fails_the_same_check(results, case):
 
 
 @pytest.mark.parametrize(("case", "cls"), [("deltanet-qwen3_5-varlen-refused", "Qwen3_5GatedDeltaNet"),
-                                          ("mamba2-bamba-varlen-refused", "BambaMixer")])
+                                          ("mamba2-bamba-varlen-refused", "BambaMixer"),
+                                          ("rg-lru-recurrent_gemma-varlen-refused", "RecurrentGemmaRecurrentBlock")])
 def test_recurrent_layers_refuse_packed_documents(results, case, cls):
     if case not in results:
-        pytest.skip("the Gated DeltaNet and Mamba-2 patches need transformers >= 5.21")
+        pytest.skip("the recurrent mixers' patches need transformers >= 5.21 (RecurrentGemma's >= 5.23)")
     ring = results[case][1]
     assert cls in (ring["error"] or "") and "strategy='zigzag'" in ring["error"], ring

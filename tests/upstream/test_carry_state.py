@@ -3,7 +3,8 @@ every rank, each run by upstream's forward from the one-run cache its predecesso
 recurrent state), put together equal upstream's forward over the whole sequence, and so does the gradient of
 every parameter (hypothesis; the real `Qwen3_5GatedDeltaNet`, `BambaMixer` (Mamba-2, chunks of 5 so that
 runs end in padded chunks), `JambaMambaMixer` and `ZambaMambaMixer` (Mamba-1, whose zero-started scan gets the
-state's part added, one scan per head in Zamba), no processes). The exchange over gloo and the Trainer end to
+state's part added, one scan per head in Zamba), RecurrentGemma's `RecurrentGemmaRecurrentBlock` (its RG-LRU
+from the block's cache attributes, with a document restarting its positions inside the row), no processes). The exchange over gloo and the Trainer end to
 end: tests/parity/test_mixer_parity.py (with the negative controls that drop the state, or its part in the scan).
 """
 
@@ -19,7 +20,8 @@ pytest.importorskip("transformers.models.qwen3_5")
 if not __import__("cpshim").report()["qwen3-5-gated-deltanet"].variant:
     pytest.skip("the forward takes a run's state from its cache from transformers 5.21 on (ring mode refuses "
                 "Gated DeltaNet and Mamba-2 below)", allow_module_level=True)
-MIXERS = ["gated-deltanet", "mamba2", "mamba1", "mamba1-heads"]
+MIXERS = ["gated-deltanet", "mamba2", "mamba1", "mamba1-heads",
+          *(["rg-lru"] if __import__("cpshim").report()["recurrent-gemma-rg-lru"].variant else [])]
 
 
 def _module(kind):
@@ -46,6 +48,16 @@ def _module(kind):
         with torch.no_grad():  # upstream's init of x_proj (zeros in __init__: B = C = 0) runs in post_init
             module.dt_proj_bias.fill_(-4.0)
             module.x_proj_weight.normal_(0.0, 0.2)
+        return module
+    if kind == "rg-lru":
+        from transformers.models.recurrent_gemma.modeling_recurrent_gemma import RecurrentGemmaRecurrentBlock
+
+        module = RecurrentGemmaRecurrentBlock(transformers.RecurrentGemmaConfig(
+            hidden_size=32, lru_width=32, num_attention_heads=2, conv1d_width=4, num_hidden_layers=1), 0)
+        with torch.no_grad():  # its parameters are torch.empty until post_init; softplus(-3) ~ 0.05: a lasting state
+            for p in module.rg_lru.parameters():
+                p.normal_(0.0, 0.3)
+            module.rg_lru.recurrent_param.add_(-3.0)
         return module
     if kind == "mamba2":
         config = transformers.BambaConfig(hidden_size=32, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=2,
@@ -77,23 +89,43 @@ def _patch_info(module):
     return next(p for p in MIXER_PATCHES if p.id == pid).variants[0].info
 
 
+def _kwargs(module, x):
+    """What the model passes besides the hidden states: RecurrentGemma's position_ids, a document restarting them
+    two thirds in (its RG-LRU resets there)."""
+    if not hasattr(module, "rg_lru"):
+        return {}
+    length = x.shape[1]
+    positions = torch.arange(length)
+    positions[2 * length // 3:] -= 2 * length // 3
+    return {"position_ids": positions[None].expand(x.shape[0], -1), "attention_mask": None, "use_cache": False}
+
+
+def _whole(module, x):
+    out = _upstream(module)(x, **_kwargs(module, x))
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _chained(module, x, cp, strategy, with_state=True, started=True):
-    """Every rank's runs in sequence order, each from what the run before it left (as the chain sends it)."""
+    """Every rank's runs in sequence order, each from what the run before it left (as the chain sends it), by the
+    patch's own run call (`carry_state._RUNS`)."""
+    from types import SimpleNamespace
+
     from cpshim.ring import carry_state, sharding
 
     length = x.shape[1]
     runs = sorted((start, rank, local, n) for rank in range(cp)
                   for local, start, n, *_ in carry_state.chain(length, cp, rank, strategy))
     held = {r: sharding.shard_indices(length, r, cp, strategy).tolist() for r in range(cp)}
-    name = carry_state._cache_name(type(module))  # `cache_params` before 5.24
-    scan = _patch_info(module).get("scan") if started else None  # Mamba-1: its scan started from the state
+    info = dict(_patch_info(module))
+    if not started:  # Mamba-1: its scan left to start from zero
+        info.pop("scan")
+    call = SimpleNamespace(original=_upstream(module), variant=SimpleNamespace(info=info))
+    run_call = carry_state._RUNS[info.get("run", "cache")]
     out, carry = torch.empty_like(x), (None, None)
     for start, rank, local, n in runs:
         assert held[rank][local:local + n] == list(range(start, start + n))
-        cache = carry_state.RunCache(*(carry if with_state else (None, None)))
-        with carry_state._scan_started(module, scan, cache.state):
-            out[:, start:start + n] = _upstream(module)(x[:, start:start + n], **{name: cache})
-        carry = (cache.conv_out, cache.state_out)
+        got, carry = run_call(call, module, x, start, n, carry if with_state else (None, None), _kwargs(module, x))
+        out[:, start:start + n] = got[0] if isinstance(got, tuple) else got
     return out
 
 
@@ -108,7 +140,7 @@ def test_the_chain_of_runs_equals_the_whole_sequence(kind, cp, strategy, chunks,
     x = torch.randn(batch, chunks * sharding.multiple_for(strategy, cp), 32, requires_grad=True)
     weights = torch.randn(batch, x.shape[1], 32)
     params = [p for p in module.parameters() if p.requires_grad]
-    whole = _upstream(module)(x)
+    whole = _whole(module, x)
     got = _chained(module, x, cp, strategy)
     torch.testing.assert_close(got, whole, rtol=1e-4, atol=1e-5)
     expected = torch.autograd.grad((whole * weights).sum(), [x, *params])
@@ -122,7 +154,7 @@ def test_without_the_state_the_chain_differs(kind):
     module = _module(kind)
     x = torch.randn(1, 32, 32)
     with torch.no_grad():
-        assert not torch.allclose(_chained(module, x, 2, "zigzag", with_state=False), _upstream(module)(x), atol=1e-3)
+        assert not torch.allclose(_chained(module, x, 2, "zigzag", with_state=False), _whole(module, x), atol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba1-heads"])
@@ -131,4 +163,4 @@ def test_mamba1_runs_with_the_state_but_a_zero_started_scan_differ(kind):
     module = _module(kind)
     x = torch.randn(1, 32, 32)
     with torch.no_grad():
-        assert not torch.allclose(_chained(module, x, 2, "zigzag", started=False), _upstream(module)(x), atol=1e-3)
+        assert not torch.allclose(_chained(module, x, 2, "zigzag", started=False), _whole(module, x), atol=1e-3)

@@ -223,6 +223,10 @@ def _recurrent_model(kind):
         return transformers.JambaForCausalLM(transformers.JambaConfig(
             **sizes, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
             num_experts=2, use_mamba_kernels=False))
+    if kind == "recurrent-gemma-rg-lru":
+        return transformers.RecurrentGemmaForCausalLM(transformers.RecurrentGemmaConfig(
+            **{**sizes, "num_hidden_layers": 3, "attn_implementation": "eager"},  # 4.x has no sdpa for it
+            lru_width=32, head_dim=8, attention_window_size=8))
     if kind == "qwen3-5-gated-deltanet":
         if not hasattr(transformers, "Qwen3_5TextConfig"):
             pytest.skip("no Qwen3.5 in this transformers")
@@ -233,15 +237,17 @@ def _recurrent_model(kind):
         **sizes, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_expand=2, attn_layer_indices=[1]))
 
 
-@pytest.mark.parametrize("kind", ["qwen3-5-gated-deltanet", "bamba-mamba2", "jamba-mamba1"])
-def test_recurrent_layers_pass_where_their_patch_runs_and_name_the_upgrade_below(trainer, ring, batch, kind):
-    """Qwen3.5's Gated DeltaNet, Bamba's Mamba-2 and Jamba's Mamba-1 run their patches (`cpshim.ring.carry_state`)
-    from transformers 5.21; below, their layers are refused, naming the release to upgrade to (4.x Jamba's config
-    names no layer types: its conv1d, found in the modules)."""
+@pytest.mark.parametrize(("kind", "since"), [("qwen3-5-gated-deltanet", "5.21"), ("bamba-mamba2", "5.21"),
+                                           ("jamba-mamba1", "5.21"), ("recurrent-gemma-rg-lru", "5.23")])
+def test_recurrent_layers_pass_where_their_patch_runs_and_name_the_upgrade_below(trainer, ring, batch, kind, since):
+    """Qwen3.5's Gated DeltaNet, Bamba's Mamba-2, Jamba's Mamba-1 (from transformers 5.21) and RecurrentGemma's
+    RG-LRU (from 5.23, where its config names its layers `linear_attention`) run their patches
+    (`cpshim.ring.carry_state`); below, their layers are refused, naming the release to upgrade to (4.x Jamba's
+    config names no layer types, nor do RecurrentGemma's below 5.23: their convs, found in the modules)."""
     model = _recurrent_model(kind)
     applies = cpshim.report()[kind].variant is not None
     with pytest.raises(cpshim.CpshimRuntimeError,
-                       match="processes per CP group" if applies else "transformers (to )?>= 5.21"):
+                       match="processes per CP group" if applies else f"(transformers (to )?|on )>= {since}"):
         _prepare(trainer, model, batch)
 
 
