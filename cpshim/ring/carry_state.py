@@ -55,6 +55,10 @@ class RunCache:
     def is_recording_past(self, layer_idx: int) -> bool:
         return False
 
+    def get_recurrent_states_to_keep(self, layer_idx: int | None = None) -> int:
+        """transformers >= 5.25 (speculative decoding): no intermediate states, as upstream's when not recording."""
+        return 0
+
     def update_conv_state(self, rows: Any, layer_idx: int, state_idx: int = 0, conv_kernel_size: Any = None,
                           **kwargs: Any) -> Any:
         import torch
