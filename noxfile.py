@@ -142,7 +142,12 @@ def _install_cpu(session: nox.Session, *requirements: str, torch_version: str = 
 
 
 def _env(session: nox.Session) -> dict[str, str]:
+    # pytest's numbered temp dirs per session: sessions run side by side, and each pytest deletes all but the 3
+    # newest `pytest-N` of its root, so a shared root lets a short cell delete a long cell's worker directories
+    temproot = os.path.join(session.virtualenv.location or ENVDIR, "pytest-tmp")
+    os.makedirs(temproot, exist_ok=True)
     return {
+        "PYTEST_DEBUG_TEMPROOT": temproot,
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
