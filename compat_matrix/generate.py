@@ -56,8 +56,8 @@ from cpshim.fingerprint import schemas  # noqa: E402
 
 #: Releases covered, inclusive (pre-releases between the bounds included, e.g. 5.0.0rc0-rc3).
 RANGES = {
-    "transformers": ("4.56.0", "5.24.0"),
-    "accelerate": ("1.10.0", "1.15.0"),
+    "transformers": ("4.56.0", "5.25.0"),
+    "accelerate": ("1.10.0", "1.16.0"),
     "torch": ("2.2.0", "2.15.0"),  # the oldest torch transformers 4.56 admits; `uses` entries only
     "trl": ("0.1.0", "1.16.0"),  # then kept: the wheels whose requirements admit a transformers in range
 }

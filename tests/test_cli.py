@@ -25,12 +25,12 @@ def test_report_json_is_the_report_dict():
 
 
 def test_check_exit_codes():
-    ok = cli("check", "--with", "transformers==5.24.0", "--with", "accelerate==1.15.0")
-    untested = cli("check", "--with", "transformers==5.25.0", "--with", "accelerate==1.15.0")
+    ok = cli("check", "--with", "transformers==5.25.0", "--with", "accelerate==1.16.0")
+    untested = cli("check", "--with", "transformers==5.26.0", "--with", "accelerate==1.16.0")
     bad = cli("check", "--with", "transformers==5.10.4", "--with", "accelerate==1.11.0")
     assert (ok.returncode, untested.returncode, bad.returncode) == (0, 2, 1)
     assert "accelerate" in bad.stdout and "pip install" in bad.stdout
-    assert "5.24.0" in untested.stdout
+    assert "5.25.0" in untested.stdout
 
 
 def test_bad_with_argument_is_a_clear_error():

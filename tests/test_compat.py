@@ -36,8 +36,8 @@ IDS = [c["id"] for c in CELLS]
 
 # The behaviour boundaries the matrix must hit (issue 4; upstream-versions.md Tables A-E).
 BOUNDARY_TRANSFORMERS = {"4.56.2", "4.57.6", "5.0.0", "5.1.0", "5.3.0", "5.4.0", "5.15.1", "5.19.0", "5.23.0",
-                         "5.24.0"}
-BOUNDARY_ACCELERATE = {"1.10.1", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0"}
+                         "5.24.0", "5.25.0"}
+BOUNDARY_ACCELERATE = {"1.10.1", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.15.0", "1.16.0"}
 
 
 def _valid_pair(transformers: str, accelerate: str) -> tuple[bool, str]:

@@ -362,9 +362,9 @@ def test_documented_boundaries_of_the_core_targets():
         return [g["label"] for g in comps[pid]["component_groups"][comp]]
 
     assert labels("trainer-cp-inputs", "transformers.trainer:Trainer._prepare_context_parallel_inputs") == [
-        "4.56.0-4.56.2", "4.57.0-4.57.6", "5.0.0rc0-5.1.0", "5.2.0-5.24.0"]
+        "4.56.0-4.56.2", "4.57.0-4.57.6", "5.0.0rc0-5.1.0", "5.2.0-5.25.0"]
     assert labels("accelerate-prepare-cp", "accelerate.accelerator:Accelerator._prepare_cp") == [
-        "1.10.0-1.11.0, 1.13.0-1.15.0", "1.12.0"]
+        "1.10.0-1.11.0, 1.13.0-1.16.0", "1.12.0"]
 
 
 def test_lookup_and_check_with_the_shipped_data():

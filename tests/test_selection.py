@@ -59,9 +59,10 @@ POLICY_TABLE = [
     ("5.24.0+cu121", "1.15.0", "no-op", SUPPORTED),            # local label ignored
     ("5.0.0", "1.12.0", "no-op", SUPPORTED),
     ("5.0.0rc0", "1.12.0", "no-op", UNTESTED),                 # pre-release: selected by release, untested
-    ("5.25.0.dev0", "1.15.0", "no-op", UNTESTED),              # main build above the ceiling
-    ("5.25.0", "1.15.0", "no-op", UNTESTED),
-    ("5.24.0", "1.16.0", "no-op", UNTESTED),                   # accelerate above its ceiling
+    ("5.26.0.dev0", "1.16.0", "no-op", UNTESTED),              # main build above the ceiling
+    ("5.26.0", "1.16.0", "no-op", UNTESTED),
+    ("5.25.0", "1.16.0", "no-op", SUPPORTED),                  # the ceilings themselves
+    ("5.25.0", "1.17.0", "no-op", UNTESTED),                   # accelerate above its ceiling
     ("6.0.0", "1.15.0", None, UNSUPPORTED),
     ("4.55.4", "1.10.1", None, UNSUPPORTED),                   # no CP hook yet
     ("5.10.4", "1.11.0", None, UNSUPPORTED),                   # invalid pair: 5.x needs accelerate >= 1.12
@@ -160,9 +161,9 @@ def test_variants_agree_with_fingerprint_groups():
     from pathlib import Path
 
     full = json.loads((Path(__file__).parents[1] / "compat_matrix" / "fingerprints.json").read_text())["patches"]
-    newest_accelerate = {"transformers": {"accelerate": "1.15.0"}, "accelerate": {"transformers": "5.24.0"},
-                         "torch": {"transformers": "5.24.0", "accelerate": "1.15.0"},
-                         "trl": {"transformers": "5.24.0", "accelerate": "1.15.0"}}
+    newest_accelerate = {"transformers": {"accelerate": "1.16.0"}, "accelerate": {"transformers": "5.25.0"},
+                         "torch": {"transformers": "5.25.0", "accelerate": "1.16.0"},
+                         "trl": {"transformers": "5.25.0", "accelerate": "1.16.0"}}
     for patch in REGISTRY:
         groups = full[patch.id]["groups"]
         assert groups, patch.id

@@ -6,9 +6,10 @@ is defined in that same module, which is all the wheel path can see); ``property
 ``staticmethod``/``classmethod`` their function, ``functools.cached_property`` its ``func``. The
 function is then identified by its *code object* (file and ``co_qualname``), following
 ``__wrapped__`` chains and closure cells of wrappers that lack ``__wrapped__`` (accelerate's
-``on_main_process``), and stopping at the first match (``@wraps(torch.nn.Module.cuda)`` points
-``__wrapped__`` at torch). Its source comes from ``linecache`` (the lines from ``co_firstlineno``,
-i.e. the first decorator, to the end of the block), parsed alone: the whole module file is never
+``on_main_process``; kernels' function modules, through their class's ``forward``), and stopping
+at the first match (``@wraps(torch.nn.Module.cuda)`` points ``__wrapped__`` at torch). Its source
+comes from ``linecache`` (the lines from ``co_firstlineno``, i.e. the first decorator, to the end of
+the block), parsed alone: the whole module file is never
 parsed (``transformers/trainer.py`` is huge). Results are cached per code object
 (:func:`clear_cache`). Fingerprint *before* patching, or give the replacement a ``__wrapped__``
 pointing at the original; otherwise the result is ``OPAQUE``.
@@ -102,6 +103,12 @@ def _original(obj: object, filename: str, expected: str, depth: int = 4) -> obje
                         found = _original(inner, filename, expected, depth - 1)
                         if found is not None:
                             return found
+        elif depth and not isinstance(obj, type) and inspect.isfunction(getattr(type(obj), "forward", None)):
+            # kernels' function modules (transformers >= 5.25 requires kernels): `@use_kernel_forward_from_hub` on
+            # a function leaves an nn.Module instance whose class's forward closes over the function
+            found = _original(type(obj).forward, filename, expected, depth - 1)  # type: ignore[attr-defined]
+            if found is not None:
+                return found
         obj = getattr(obj, "__wrapped__", None)
     return None
 

@@ -20,7 +20,7 @@ _RING_CAPABLE = ("MULTI_CPU", "DEEPSPEED")
 
 def relax_validation(call: Any, pc: Any, accelerator: Any) -> Any:
     """Keeps: every check of upstream's `_validate_accelerator`. Turns off: the refusal of multi-CPU
-    (gloo) and DeepSpeed setups (the latter exists up to 1.14). Checked against 1.10.1-1.15.0."""
+    (gloo) and DeepSpeed setups (the latter exists up to 1.14). Checked against 1.10.1-1.16.0."""
     if not cp_owned(pc) or modes.mode_for(accelerator) == modes.NATIVE:
         return call.original(accelerator)
     kind = getattr(getattr(accelerator, "distributed_type", None), "value", None)

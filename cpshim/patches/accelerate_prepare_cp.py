@@ -1,7 +1,7 @@
 """`Accelerator._prepare_cp` that prepares nothing: cpshim (or the trainer) owns the sharding.
 
 Upstream sets `_cp_context` to torch's `context_parallel` and hooks every `*self_attn` module to drop
-the mask (1.10.1-1.11.0, 1.13.0-1.15.0); 1.12.0 never sets `_cp_context` at all (accelerate #3856).
+the mask (1.10.1-1.11.0, 1.13.0-1.16.0); 1.12.0 never sets `_cp_context` at all (accelerate #3856).
 Replacing the body fixes both: `maybe_context_parallel` gets a context that does nothing.
 """
 
@@ -102,7 +102,7 @@ def check_layers(model: Any, mode: str) -> None:
 
 def no_op_context(call: Any, accelerator: Any, *args: Any) -> tuple:
     """Keeps: the arguments, returned unchanged. Turns off: rotate method, torch context_parallel,
-    self_attn hooks. Checked against accelerate 1.10.1-1.15.0."""
+    self_attn hooks. Checked against accelerate 1.10.1-1.16.0."""
     if not cp_owned(getattr(accelerator, "parallelism_config", None)):
         return call.original(*args)
     for arg in args:

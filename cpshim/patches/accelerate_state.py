@@ -34,7 +34,7 @@ def _allow_standalone() -> Iterator[None]:
 
 def allow_cp_without_fsdp(call: Any, state: Any, *args: Any, **kwargs: Any) -> None:
     """Keeps: everything `AcceleratorState.__init__` sets up. Turns off: the cp-needs-FSDP2 refusal
-    and the forced FSDP type when no FSDP plugin was given. Checked (by reading) on 1.10.1-1.15.0."""
+    and the forced FSDP type when no FSDP plugin was given. Checked (by reading) on 1.10.1-1.16.0."""
     pc, fsdp = kwargs.get("parallelism_config"), kwargs.get("fsdp_plugin")
     if not cp_owned(pc) or fsdp is not None or modes.process_mode() == modes.NATIVE:
         return call.original(*args, **kwargs)

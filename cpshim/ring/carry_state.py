@@ -45,11 +45,14 @@ class RunCache:
         self.conv, self.state = conv, state
         self.conv_out: Any = None
         self.state_out: Any = None
+        self.read: set[str] = set()
 
     def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> Any:
+        self.read.add("conv rows")
         return self.conv
 
     def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> Any:
+        self.read.add("recurrent state")
         return self.state
 
     def is_recording_past(self, layer_idx: int) -> bool:
@@ -64,9 +67,7 @@ class RunCache:
         import torch
 
         full = rows if self.conv is None else torch.cat([self.conv, rows], dim=-1)
-        k = int(conv_kernel_size)
-        tail = full[..., -k:]
-        self.conv_out = torch.nn.functional.pad(tail, (k - tail.shape[-1], 0)) if tail.shape[-1] < k else tail
+        self.conv_out = rg_lru.last_columns(full, int(conv_kernel_size))
         return full
 
     def update_recurrent_state(self, state: Any, layer_idx: int, state_idx: int = 0, **kwargs: Any) -> Any:
@@ -147,9 +148,29 @@ def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int,
     cache = RunCache(*carry)
     name = _cache_name(type(module))  # type: ignore[arg-type]
     kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
-    with _scan_started(module, call.variant.info.get("scan"), carry[1]):
+    scan = call.variant.info.get("scan")
+    with _scan_started(module, scan, carry[1]):
         out = call.original(hidden[:, local:local + length], **{name: cache}, **kwargs)
+    _check_went_through(module, cache, scan)
     return out, (cache.conv_out, cache.state_out)
+
+
+def _check_went_through(module: Any, cache: RunCache, scan: str | None) -> None:
+    """The run read the carry it was given and left one: a forward that goes around the cache API (a hub kernel
+    swapped in by `kernels`' kernelize, a runtime that keeps the conv state itself, a changed release) would
+    otherwise restart each run from zeros without failing. Mamba-1's scan reads its state through `scan`."""
+    given = {"conv rows": cache.conv is not None, "recurrent state": cache.state is not None and scan is None}
+    unread = [what for what, there in given.items() if there and what not in cache.read]
+    unleft = [what for what, out in (("conv rows", cache.conv_out), ("recurrent state", cache.state_out))
+              if out is None]
+    if unread or unleft:
+        what = (f"did not read the carried {' and '.join(unread)}" if unread
+                else f"left no {' and '.join(unleft)} in the cache")
+        raise tripwires.TripwireError(
+            f"cpshim ring mode: {type(module).__name__}'s forward {what} on a sharded step, so its run would not "
+            "continue the one before it. Its forward does not go through transformers' cache API (a kernel from "
+            "the `kernels` hub or kernelize(), or a release cpshim does not know): load the model without hub "
+            "kernels under ring CP, or report this transformers release to cpshim")
 
 
 def _scan_started(module: Any, scan: str | None, state: Any) -> Any:

@@ -53,17 +53,24 @@ def run(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tup
         lru.recurrent_states = None
 
 
+def last_columns(full: Any, k: int) -> Any:
+    """The k conv input columns a run leaves for the next (zeros in front when it holds fewer: upstream's
+    padding at the sequence start)."""
+    import torch.nn.functional as F
+
+    tail = full[..., -k:]
+    return F.pad(tail, (k - tail.shape[-1], 0)) if tail.shape[-1] < k else tail
+
+
 @contextlib.contextmanager
 def _convolved_after(conv: Any, rows: Any, k: int, left: dict) -> Iterator[None]:
     """Within: `conv(x)` convolves `rows` (k columns before x; None at the sequence start: upstream's zeros)
     then x, returning what upstream's conv returns for x alone; `left["rows"]` gets the k columns it ends with."""
     import torch
-    import torch.nn.functional as F
 
     def forward(x: Any) -> Any:
         full = x if rows is None else torch.cat([rows.to(x.dtype), x], dim=-1)
-        tail = full[..., -k:]
-        left["rows"] = F.pad(tail, (k - tail.shape[-1], 0)) if tail.shape[-1] < k else tail
+        left["rows"] = last_columns(full, k)
         return type(conv).forward(conv, full)[..., full.shape[-1] - x.shape[-1]:]
 
     conv.forward = forward

@@ -164,3 +164,21 @@ def test_mamba1_runs_with_the_state_but_a_zero_started_scan_differ(kind):
     x = torch.randn(1, 32, 32)
     with torch.no_grad():
         assert not torch.allclose(_chained(module, x, 2, "zigzag", started=False), _whole(module, x), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gated-deltanet", "mamba2", "mamba1"])
+def test_a_forward_that_goes_around_the_cache_is_refused(kind):
+    """A kernel that keeps its own state (kernels' hub, kernelize) would restart every run from zeros: here the
+    real forward is called without the one-run cache, as such a kernel would ignore it."""
+    from types import SimpleNamespace
+
+    from cpshim.ring import carry_state, tripwires
+
+    module = _module(kind)
+    name = carry_state._cache_name(type(module))
+    upstream = _upstream(module)
+    call = SimpleNamespace(original=lambda x, **kw: upstream(x, **{**kw, name: None}),
+                           variant=SimpleNamespace(info=_patch_info(module)))
+    x = torch.randn(1, 16, 32)
+    with torch.no_grad(), pytest.raises(tripwires.TripwireError, match="does not go through transformers' cache API"):
+        carry_state._through_cache(call, module, x, 0, 8, (None, None), {})
