@@ -169,6 +169,8 @@ def run(types: list[str] | None) -> dict:
 
 def render(results: dict) -> tuple[str, str]:
     """(ARCHITECTURES.md, the shipped data) from the results."""
+    from cpshim.ring.vlm import IMAGE_BATCHES_EXACT  # no torch: the list of VLMs whose image batches are exact
+
     rows = results["rows"]
     counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     rule = results["rule"]
@@ -185,7 +187,8 @@ def render(results: dict) -> tuple[str, str]:
         "passed between shards) misses the same check (its worst tensor's "
         "error in the column: on a model where local attention passes, the check would prove nothing). The "
         "model is the type's default config shrunk (`cpshim.ring.shrink`). Vision-language types train text-only "
-        "batches here; image batches are proven for Qwen2-VL, Qwen2.5-VL and Qwen3-VL (`tests/architectures`). "
+        f"batches here; image batches are proven for {', '.join(f'`{t}`' for t in IMAGE_BATCHES_EXACT)} "
+        "(`tests/architectures`) and refused for the others. "
         "Attention runs in bf16 on both sides; a type that misses in bf16 is run again in fp16 and is exact if it "
         "passes there (the dtype column; its reason gives the bf16 figure). "
         "`refused`: ring mode refuses it with this reason. `not built`: no tiny model (the reason). A type in "

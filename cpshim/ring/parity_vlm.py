@@ -1,10 +1,12 @@
-"""The tiny vision-language models of the parity runs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), their image batches,
-and their collator. No hub: configs from transformers' own classes, random pixels.
+"""The tiny vision-language models of the parity runs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA), their image
+batches, and their collator. No hub: configs from transformers' own classes, random pixels.
 
 Each row is a copy task (the second half of the text repeats the first, so the loss needs attention across
-shards) with one image (an 8 x 8 patch grid, 16 tokens after the 2 x 2 merge, between its vision start and
-end tokens) after the first 8 text tokens: at 64 tokens and cp=2 it straddles both ranks' shards under
-every strategy, so each rank places some of its features (Qwen3-VL: some of its deepstack rows).
+shards) with one image (16 tokens between a start and an end token) after the first 8 text tokens: at 64
+tokens and cp=2 it straddles both ranks' shards under every strategy, so each rank places some of its
+features (Qwen3-VL: some of its deepstack rows). Qwen's images are an 8 x 8 patch grid, 2 x 2 merged, with
+their mrope positions; LLaVA's a 16 x 16 picture of 4 x 4 patches through CLIP (its CLS feature dropped, the
+"default" strategy) and a projector into a Llama decoder with plain positions.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
+LLAVA_IMAGE = (3, 16, 16)  # channels, height, width: (16 / 4) ** 2 = 16 patch features
 IMAGE, VIDEO, START, END = 90, 91, 92, 93
 GRID = (1, 8, 8)  # temporal, height, width patches of each image
 PATCH = 3 * 2 * 2 * 2  # channels x temporal patch x patch x patch
@@ -43,6 +46,13 @@ def config(case: dict, sizes: dict) -> Any:
                                                   "mrope_interleaved": True}},
             vision_config={**vision, "hidden_size": 32, "out_hidden_size": 64, "intermediate_size": 64,
                            "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}, **ids)
+    elif name == "llava":  # CLIP's features of the chosen layer, projected, at the image tokens; a Llama decoder
+        cfg = transformers.LlavaConfig(
+            text_config={**text, "model_type": "llama"}, image_token_index=IMAGE, vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=2, image_size=LLAVA_IMAGE[1], patch_size=4,
+                               projection_dim=32))
     else:
         raise ValueError(f"unknown parity VLM {name!r}")
     cfg._attn_implementation = sizes["attn_implementation"]
@@ -69,6 +79,9 @@ def rows(case: dict, vocab: int) -> list[dict]:
         ids = torch.cat([ids, ids.new_full((case["seq_len"] - ids.numel(),), 3)])
         labels = ids.clone()
         labels[8: 8 + len(image)] = -100
+        if case["model"] == "llava":
+            out.append({"input_ids": ids, "labels": labels, "pixel_values": torch.randn(LLAVA_IMAGE, generator=g)})
+            continue
         out.append({"input_ids": ids, "labels": labels, "mm_token_type_ids": (ids == IMAGE).long(),
                     "pixel_values": torch.randn(GRID[0] * GRID[1] * GRID[2], PATCH, generator=g),
                     "image_grid_thw": torch.tensor([GRID])})
@@ -84,6 +97,9 @@ def collator(model_: Any) -> Any:
 
     def collate(batch: list[dict]) -> dict:
         out = {k: torch.stack([r[k] for r in batch]) for k in ("input_ids", "labels")}
+        if "image_grid_thw" not in batch[0]:  # LLaVA: (B, 3, H, W)
+            out["pixel_values"] = torch.stack([r["pixel_values"] for r in batch])
+            return out
         if keep_types:
             out["mm_token_type_ids"] = torch.stack([r["mm_token_type_ids"] for r in batch])
         for k in ("pixel_values", "image_grid_thw"):
