@@ -6,7 +6,8 @@ shards) with one image (16 tokens between a start and an end token) after the fi
 tokens and cp=2 it straddles both ranks' shards under every strategy, so each rank places some of its
 features (Qwen3-VL: some of its deepstack rows). Qwen's images are an 8 x 8 patch grid, 2 x 2 merged, with
 their mrope positions; LLaVA's a 16 x 16 picture of 4 x 4 patches through CLIP (its CLS feature dropped, the
-"default" strategy) and a projector into a Llama decoder with plain positions.
+"default" strategy) and a projector into a Llama decoder with plain positions; InternVL's a 32 x 32 picture
+of 4 x 4 patches, pixel-shuffled to 16 features, into a Qwen2 decoder.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
-LLAVA_IMAGE = (3, 16, 16)  # channels, height, width: (16 / 4) ** 2 = 16 patch features
+MODELS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "internvl")
+#: One picture (channels, height, width) of the models that take (B, 3, H, W) pixels, 16 features after the tower:
+#: LLaVA (16 / 4) ** 2 patches; InternVL (32 / 4) ** 2 patches, pixel-shuffled by 1/2 per side
+PICTURES = {"llava": (3, 16, 16), "internvl": (3, 32, 32)}
 IMAGE, VIDEO, START, END = 90, 91, 92, 93
 GRID = (1, 8, 8)  # temporal, height, width patches of each image
 PATCH = 3 * 2 * 2 * 2  # channels x temporal patch x patch x patch
@@ -51,8 +54,15 @@ def config(case: dict, sizes: dict) -> Any:
             text_config={**text, "model_type": "llama"}, image_token_index=IMAGE, vision_feature_layer=-1,
             vision_feature_select_strategy="default",
             vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=2, image_size=LLAVA_IMAGE[1], patch_size=4,
+                               num_hidden_layers=2, num_attention_heads=2, image_size=PICTURES[name][1], patch_size=4,
                                projection_dim=32))
+    elif name == "internvl":  # InternViT features, pixel shuffle (downsample 0.5), an MLP, a Qwen2 decoder
+        side = PICTURES[name][1]
+        cfg = transformers.InternVLConfig(
+            text_config={**text, "model_type": "qwen2"}, image_token_id=IMAGE, downsample_ratio=0.5,
+            vision_feature_layer=-1, vision_feature_select_strategy="default",
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=[side, side], patch_size=[4, 4]))
     else:
         raise ValueError(f"unknown parity VLM {name!r}")
     cfg._attn_implementation = sizes["attn_implementation"]
@@ -79,8 +89,9 @@ def rows(case: dict, vocab: int) -> list[dict]:
         ids = torch.cat([ids, ids.new_full((case["seq_len"] - ids.numel(),), 3)])
         labels = ids.clone()
         labels[8: 8 + len(image)] = -100
-        if case["model"] == "llava":
-            out.append({"input_ids": ids, "labels": labels, "pixel_values": torch.randn(LLAVA_IMAGE, generator=g)})
+        if case["model"] in PICTURES:
+            out.append({"input_ids": ids, "labels": labels,
+                        "pixel_values": torch.randn(PICTURES[case["model"]], generator=g)})
             continue
         out.append({"input_ids": ids, "labels": labels, "mm_token_type_ids": (ids == IMAGE).long(),
                     "pixel_values": torch.randn(GRID[0] * GRID[1] * GRID[2], PATCH, generator=g),
@@ -97,7 +108,7 @@ def collator(model_: Any) -> Any:
 
     def collate(batch: list[dict]) -> dict:
         out = {k: torch.stack([r[k] for r in batch]) for k in ("input_ids", "labels")}
-        if "image_grid_thw" not in batch[0]:  # LLaVA: (B, 3, H, W)
+        if "image_grid_thw" not in batch[0]:  # LLaVA, InternVL: (B, 3, H, W)
             out["pixel_values"] = torch.stack([r["pixel_values"] for r in batch])
             return out
         if keep_types:

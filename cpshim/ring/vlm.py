@@ -26,7 +26,7 @@ ROWS_AT = {"deepstack_visual_embeds": "visual_pos_masks"}
 #: Model types whose image batches are exact under ring CP against one process (`tests/architectures`). Image
 #: batches of another VLM are refused: its decoder may attend otherwise to image tokens (Gemma 3 and PaliGemma
 #: attend bidirectionally within an image, which a causal ring does not), or place features otherwise.
-IMAGE_BATCHES_EXACT = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava")
+IMAGE_BATCHES_EXACT = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "internvl")
 #: Decoder arguments that pass through unchanged: loss kwargs the model forwards everywhere (already sharded
 #: or scalars), flags.
 _PASSING = ("shift_labels", "num_items_in_batch")

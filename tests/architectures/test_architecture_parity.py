@@ -11,7 +11,8 @@
   full layers, experts), eager attention.
 - Vision-language, an image in every row (`parity_vlm`): Qwen2-VL, Qwen2.5-VL (window attention in the tower,
   `accepts_loss_kwargs = False`), Qwen3-VL (deepstack features, transformers >= 4.57), LLaVA (CLIP tower and
-  projector, a Llama decoder that gets no positions from the model). Every tensor is compared, the towers' too.
+  projector, a Llama decoder that gets no positions from the model), InternVL (pixel shuffle, a Qwen2 decoder).
+  Every tensor is compared, the towers' too.
 
 Same check and tolerances as the full-attention parity (`test_ring_parity`). The negative controls (sliding
 layers without their halo, the ring without the layer's softcap, without its sinks, the decoder counting its
@@ -66,6 +67,7 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
     # LLaVA's tensors are judged with the architecture table's floor (1e-3 of the largest tensor's update)
     {"id": "vlm-llava-zigzag-b2", "model": "llava", "strategy": "zigzag", **SEQ, "batch": 2, "floor": 1e-3},
     {"id": "vlm-llava-contiguous", "model": "llava", "strategy": "contiguous", **SEQ, "floor": 1e-3},
+    {"id": "vlm-internvl-zigzag-b2", "model": "internvl", "strategy": "zigzag", **SEQ, "batch": 2},
     {"id": "negative-no-halo", "model": "qwen2", "window": 8, "strategy": "zigzag", **SEQ, "negative": "no-halo"},
     {"id": "negative-no-softcap", "model": "gemma2", "window": 8, "strategy": "zigzag", **SEQ,
      "negative": "no-softcap"},
@@ -73,6 +75,8 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens, a shard 32
      "negative": "positions-per-shard"},
     {"id": "negative-llava-positions-per-shard", "model": "llava", "strategy": "zigzag", **SEQ, "batch": 2,
      "negative": "positions-per-shard", "floor": 1e-3},
+    {"id": "negative-internvl-positions-per-shard", "model": "internvl", "strategy": "zigzag", **SEQ, "batch": 2,
+     "negative": "positions-per-shard"},
     {"id": "negative-no-sinks", "model": "gpt_oss", "window": 20, "strategy": "contiguous", **SEQ, "batch": 2,
      "negative": "no-sinks"},
 ]
