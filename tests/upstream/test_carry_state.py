@@ -180,5 +180,10 @@ def test_a_forward_that_goes_around_the_cache_is_refused(kind):
     call = SimpleNamespace(original=lambda x, **kw: upstream(x, **{**kw, name: None}),
                            variant=SimpleNamespace(info=_patch_info(module)))
     x = torch.randn(1, 16, 32)
-    with torch.no_grad(), pytest.raises(tripwires.TripwireError, match="does not go through transformers' cache API"):
-        carry_state._through_cache(call, module, x, 0, 8, (None, None), {})
+    with torch.no_grad():
+        with pytest.raises(tripwires.TripwireError, match="left no conv rows.*does not go through transformers' cache"):
+            carry_state._through_cache(call, module, x, 0, 8, (None, None), {})
+        real = SimpleNamespace(original=upstream, variant=call.variant)
+        _, carry = carry_state._through_cache(real, module, x, 0, 8, (None, None), {})  # what the first run leaves
+        with pytest.raises(tripwires.TripwireError, match="did not read the carried conv rows"):
+            carry_state._through_cache(call, module, x, 8, 8, carry, {})
