@@ -175,10 +175,16 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         case.update(model="bamba", layer_types=BAMBA_LAYERS, chunk=256)
     if model in ("gemma3", "lfm2") and cp > 1:
         _count_halo(rec, timer)
-    if model in CHAINED and cp > 1:  # the recurrent layers' chain: its blocking sends/receives, waits included
+    if model in CHAINED and cp > 1:  # the recurrent layers' chain: its receives, posted sends and their waits
         import torch.distributed as dist
 
-        dist.send, dist.recv = timer.wrap("chain_p2p", dist.send), timer.wrap("chain_p2p", dist.recv)
+        from cpshim.ring import chain_p2p
+
+        # receives block; sends are posted (`_post`: isend, which the ring's P2POp must see unwrapped) and waited
+        # for at the end of the layer's call (`_Posted.wait`)
+        dist.recv = timer.wrap("chain_p2p", dist.recv)
+        chain_p2p._post = timer.wrap("chain_p2p", chain_p2p._post)
+        chain_p2p._Posted.wait = timer.wrap("chain_p2p", chain_p2p._Posted.wait)
     t0 = time.perf_counter()
     if trainer == "dpo":  # TRL's DPOTrainer, one chosen/rejected pair of seq_len tokens each (the backbone path)
         from tests.parity import _pref_worker

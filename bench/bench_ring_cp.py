@@ -33,11 +33,13 @@ With `--model lfm2`, parity's tiny LFM2 with 6 layers, conv, conv, full twice (k
 target <= 0.6x, and the conv layers' halo exchange (kernel - 1 input rows per run, gradients back) <= 5 % of a
 step (issue 10's target for the mixers' exchanges); the hook target holds as for every model.
 With `--model qwen3_5`, parity's tiny Qwen3.5 with 4 layers, 3 Gated DeltaNet : 1 full, HF Trainer: memory
-target <= 0.6x; the linear layers' chain (conv rows and state sent run to run, blocking send/recv) is timed with
-its waits: under the chain each linear layer runs its runs in sequence over the group, so the wait for the
-previous run's rank is most of it (reported against the 5 % target, not separated from the transfer).
+target <= 0.6x; the linear layers' chain (conv rows and state sent run to run: receives, posted sends and the
+waits for them) is timed with its waits: a Gated DeltaNet core starts from the state, so each linear layer runs
+its runs in sequence over the group, and the wait for the previous run's rank is most of it (reported against
+the 5 % target, not separated from the transfer).
 With `--model bamba`, parity's tiny Bamba with 4 layers, 3 Mamba-2 (SSD chunks of 256, upstream's) : 1 full: the
-same memory target and the same chain, timed the same way.
+same memory target and the same exchanges, timed the same way; its scans run from zero side by side and only the
+state's correction waits for the previous run (`cpshim.ring.linear_scans`).
 A MISS is reported, not failed: the exit status is 0 unless a run crashed.
 """
 

@@ -11,9 +11,11 @@
   the same path (one conv over q, k, v on 5.21+).
 - Mamba-2 (`linear_attention` layers, Falcon-H1's `hybrid` ones: attention and Mamba-2 side by side):
   Bamba, Granite 4 hybrid, Falcon-H1, NemotronH, Zamba2, Mamba-2, run by the same `cpshim.ring.carry_state`
-  (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise).
+  (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise); the patch names
+  its scan (`info["scan"]`, `scan_form` "ssd"): run from zero, the carried state's part added after by
+  `cpshim.ring.linear_scans`, so the group's scans run side by side.
 - Mamba-1 (`linear_attention` layers, Zamba's `hybrid` ones): Jamba, Mamba, Falcon-Mamba, Zamba, by the same
-  path, whose full-sequence scan takes no initial state: `cpshim.ring.mamba1_scan` adds the carried state's part.
+  path (`scan_form` "mamba1"); their full-sequence scan takes no initial state at all.
 - RecurrentGemma's recurrent block (`linear_attention` layers from 5.23.0, `recurrent` before, refused there):
   the same carry, handed to upstream through the block's own cache attributes (`cpshim.ring.rg_lru`).
 Each fingerprint group of these patches has a `mixers` (or full) cell in the matrix running
@@ -85,21 +87,23 @@ def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str
 
 def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
     return _mixer(layer_types, model_type, model_type, cls, floor, "mamba2", "cpshim.ring.carry_state:forward",
-                  "runs each run of its shard from the conv rows and SSM state the run before it left, passed "
-                  "along the sequence", _CARRY_ADDS,
+                  "runs each run of its shard from the conv rows the run before it left, adding the SSM state it "
+                  "left to upstream's zero-started scan (`cpshim.ring.linear_scans`: the group's scans side by "
+                  "side)", _CARRY_ADDS,
                   (f"{cls}.__init__", f"{cls}.forward", "mamba2_chunk_scan", "causal_conv1d_fn"),
                   refused_before=_CARRY_FLOOR, carry={"conv": "conv_dim", "state": ("num_heads", "head_dim",
-                                                                                   "ssm_state_size")})
+                                                                                   "ssm_state_size")},
+                  scan="mamba2_chunk_scan", scan_form="ssd")
 
 
 def _mamba1(model_type: str, cls: str, floor: str, state: tuple[str, ...] = ("intermediate_size", "ssm_state_size"),
             layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
     return _mixer(layer_types, model_type, model_type, cls, floor, "mamba1", "cpshim.ring.carry_state:forward",
                   "runs each run of its shard from the conv rows the run before it left, adding the SSM state it "
-                  "left to upstream's zero-started scan (`cpshim.ring.mamba1_scan`)", _CARRY_ADDS,
+                  "left to upstream's zero-started scan (`cpshim.ring.linear_scans`)", _CARRY_ADDS,
                   (f"{cls}.__init__", f"{cls}.forward", "mamba_selective_scan", "causal_conv1d_fn"),
                   refused_before=_CARRY_FLOOR, carry={"conv": "intermediate_size", "state": state},
-                  scan="mamba_selective_scan")
+                  scan="mamba_selective_scan", scan_form="mamba1")
 
 
 def _rg_lru(model_type: str, cls: str, floor: str, since: str) -> Patch:

@@ -10,18 +10,27 @@ run before it left, and runs upstream's own forward and kernels. Each patch name
 `info["carry"]`, the module attributes that give the carry's shapes (the receiver allocates from them).
 
 Which exchange, and why: the runs follow the sequence one after another (a chain: rank 0's first chunk,
-then the next chunk's owner, ...; under zigzag a rank's two chunks are far apart and wait for the others),
-each sending its successor the conv rows and the state, point to point, once per layer call; the backward
-sends their gradients back along the chain. That moves O(state) per run boundary (no sequence data), is
-exact, and costs no extra compute; the price is that the recurrent layers' core runs in sequence over the CP
-group, not in parallel (the issue's parallel alternative, composing per-rank state transitions by a
-prefix over the group and re-running each run from its true state, costs two extra runs of the core per
-layer: not built). An all-to-all to head shards (Ulysses) would keep the compute parallel but needs heads
-divisible by cp and moves O(sequence) per layer. Attention and MLP layers stay parallel.
-Packed documents (varlen) are refused: the state would have to restart at each boundary. Mamba-1 (Jamba,
-Mamba, Falcon-Mamba, Zamba) takes the same path, but its full-sequence scan takes no initial state: the
-carried state's part is added to it (`cpshim.ring.mamba1_scan`). RecurrentGemma's block keeps its cache in
-module attributes, not a cache object: its patch's run call (`info["run"]`) is `cpshim.ring.rg_lru.run`.
+then the next chunk's owner, ...; under zigzag a rank's two chunks are far apart), each sending its successor
+the conv rows and the state, point to point, once per layer call; the backward sends their gradients back along
+the chain. That moves O(state) per run boundary (no sequence data), is exact, and costs no extra compute. The
+conv rows leave as soon as the run's conv has read its input (`RunCache.update_conv_state`), before its core
+runs, so the next run never waits for a core to finish for them; sends are posted, not blocking
+(`cpshim.ring.chain_p2p`). The state is another matter:
+  * Mamba-1 and Mamba-2 (a patch naming its scan, `info["scan"]`): the recurrence is linear in the state, so each
+    run scans from zero and adds the state's part after (`cpshim.ring.linear_scans`); a state from another rank
+    is received only then. The group's scans run side by side; a run waits only for the previous run's
+    correction, a product far cheaper than a scan. In backward, the state's gradient returns early (the
+    correction is the run's last op), the conv rows' gradient only when the next run's backward reaches its
+    conv (its first op): that wait remains.
+  * Gated DeltaNet / KDA and RG-LRU: the core starts from the state, so the runs' cores follow one another over
+    the group. Their parallel form (per-run d_k x d_k transitions composed by a prefix over the group, each
+    run's output corrected by q_t P_t h0) would need the WY factors inside upstream's kernel; re-running
+    upstream's core from h0 with zero values costs a whole extra core per run, no faster at cp=2: not built.
+An all-to-all to head shards (Ulysses) would keep every core parallel but needs heads divisible by cp and moves
+O(sequence) per layer. Attention and MLP layers stay parallel.
+Packed documents (varlen) are refused: the state would have to restart at each boundary. RecurrentGemma's block
+keeps its cache in module attributes, not a cache object: its patch's run call (`info["run"]`) is
+`cpshim.ring.rg_lru.run`.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import functools
 import inspect
 from typing import Any
 
-from . import rg_lru, runtime, sliding, tripwires
+from . import chain_p2p, rg_lru, runtime, sliding, tripwires
 
 _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
@@ -39,10 +48,10 @@ _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 class RunCache:
     """The one-run cache upstream's forward reads and writes (the recurrent-layer cache API of transformers
     >= 5.21): `conv`/`state` what the previous run left (None at the sequence start), `conv_out`/`state_out`
-    what this run leaves for the next."""
+    what this run leaves for the next; `outbox` sends the conv rows to the next run's rank as soon as they exist."""
 
-    def __init__(self, conv: Any, state: Any) -> None:
-        self.conv, self.state = conv, state
+    def __init__(self, conv: Any, state: Any, outbox: chain_p2p.Outbox | None = None) -> None:
+        self.conv, self.state, self.outbox = conv, state, outbox
         self.conv_out: Any = None
         self.state_out: Any = None
         self.read: set[str] = set()
@@ -52,7 +61,8 @@ class RunCache:
         return self.conv
 
     def get_recurrent_state(self, layer_idx: int, state_idx: int = 0) -> Any:
-        self.read.add("recurrent state")
+        if self.state is not None:
+            self.read.add("recurrent state")
         return self.state
 
     def is_recording_past(self, layer_idx: int) -> bool:
@@ -68,6 +78,8 @@ class RunCache:
 
         full = rows if self.conv is None else torch.cat([self.conv, rows], dim=-1)
         self.conv_out = rg_lru.last_columns(full, int(conv_kernel_size))
+        if self.outbox is not None:
+            self.outbox.send(0, self.conv_out)
         return full
 
     def update_recurrent_state(self, state: Any, layer_idx: int, state_idx: int = 0, **kwargs: Any) -> Any:
@@ -120,21 +132,25 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         "varlen_why", "is a recurrent layer, whose state would have to restart at each packed document"))
     run_call = _RUNS[info.get("run", "cache")]
     kwargs["attention_mask"] = None  # right padding only: zeroed rows follow every real token
-    outs, sends, carry, rest = [], [], (None, None), ()
+    outs, sends, posted, carry, rest = [], [], [], (None, None), ()
     layer = int(getattr(module, "layer_idx", 0))
     for local, _start, length, origin, dest, i in chain(step.global_len, step.cp, step.rank, step.strategy):
         if length < 2:
             raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
                                           "decodes one token from its cache): use sequences of at least 4 * cp tokens")
         if origin not in (None, "here"):
-            carry = _receive(module, info["carry"], hidden_states, origin, step.group, _tag(layer, i - 1))
+            carry = _receive(module, info, hidden_states, origin, step.group, _tag(layer, i - 1))
         elif origin is None:
             carry = (None, None)
-        got, carry = run_call(call, module, hidden_states, local, length, carry, kwargs)
+        outbox = None if dest is None else chain_p2p.Outbox(_peer(step.group, dest), _tag(layer, i))
+        got, carry = run_call(call, module, hidden_states, local, length, carry, kwargs, outbox)
         got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
         outs.append(got)
-        if dest is not None:
-            sends.append(_send_function().apply(*carry, _peer(step.group, dest), _tag(layer, i)))
+        if outbox is not None:
+            sends.extend(outbox.rest(carry))
+            posted.extend(outbox.posted)
+    for work in posted:  # each received by the next run's rank within its own call of this layer
+        work.wait()
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     for token in sends:  # each send's backward (the carry's gradient from the next run) runs with the output's
         out = out + token.sum()
@@ -142,24 +158,28 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
     return (out, *rest) if rest else out
 
 
-def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict
-                   ) -> tuple[Any, tuple]:
-    """One run through upstream's cache API: a one-run cache holding the carry; what the run left, out."""
-    cache = RunCache(*carry)
+def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict,
+                   outbox: chain_p2p.Outbox | None = None) -> tuple[Any, tuple]:
+    """One run through upstream's cache API: a one-run cache holding the carry (a patch naming its scan gets the
+    state through the scan instead: `cpshim.ring.linear_scans`); what the run left, out."""
+    info = call.variant.info
+    scan = info.get("scan")
+    conv, state = carry
+    cache = RunCache(conv, None if scan else state, outbox)
     name = _cache_name(type(module))  # type: ignore[arg-type]
     kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
-    scan = call.variant.info.get("scan")
-    with _scan_started(module, scan, carry[1]):
+    with _scan_started(module, info, state, cache):
         out = call.original(hidden[:, local:local + length], **{name: cache}, **kwargs)
-    _check_went_through(module, cache, scan)
+    _check_went_through(module, cache, state is not None)
     return out, (cache.conv_out, cache.state_out)
 
 
-def _check_went_through(module: Any, cache: RunCache, scan: str | None) -> None:
+def _check_went_through(module: Any, cache: RunCache, stated: bool) -> None:
     """The run read the carry it was given and left one: a forward that goes around the cache API (a hub kernel
     swapped in by `kernels`' kernelize, a runtime that keeps the conv state itself, a changed release) would
-    otherwise restart each run from zeros without failing. Mamba-1's scan reads its state through `scan`."""
-    given = {"conv rows": cache.conv is not None, "recurrent state": cache.state is not None and scan is None}
+    otherwise restart each run from zeros without failing. A scan swapped by `linear_scans` counts as the state's
+    read."""
+    given = {"conv rows": cache.conv is not None, "recurrent state": stated}
     unread = [what for what, there in given.items() if there and what not in cache.read]
     unleft = [what for what, out in (("conv rows", cache.conv_out), ("recurrent state", cache.state_out))
               if out is None]
@@ -173,14 +193,16 @@ def _check_went_through(module: Any, cache: RunCache, scan: str | None) -> None:
             "kernels under ring CP, or report this transformers release to cpshim")
 
 
-def _scan_started(module: Any, scan: str | None, state: Any) -> Any:
-    """Mamba-1's scan takes no initial state (its patch names the scan, `info["scan"]`): started from the carry's
-    state by `cpshim.ring.mamba1_scan` within the run's call; the other mixers read it from the cache."""
-    if scan is None or state is None:
+def _scan_started(module: Any, info: dict, state: Any, cache: RunCache) -> Any:
+    """Mamba-1's and Mamba-2's scans (the patch names the scan, `info["scan"]`, and its `scan_form`) run from zero
+    and get the carry's state (a tensor, or a pending receive) added by `cpshim.ring.linear_scans` within the
+    run's call; the other mixers read it from the cache."""
+    if info.get("scan") is None or state is None:
         return contextlib.nullcontext()
-    from . import mamba1_scan
+    from . import linear_scans
 
-    return mamba1_scan.started_from(type(module).__module__, scan, state)
+    return linear_scans.started_from(type(module).__module__, info["scan"], info["scan_form"], state,
+                                     lambda: cache.read.add("recurrent state"))
 
 
 #: `info["run"]` of a patch -> how one run of the shard calls upstream's forward with the carry
@@ -200,72 +222,25 @@ def _peer(group: Any, r: int) -> int:
     return r if group is None else dist.get_global_rank(group, r)
 
 
-def _receive(module: Any, carry: dict, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
+def _receive(module: Any, info: dict, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
     """The carry from the previous run's rank, shaped from the module's attributes the patch names (`carry`:
-    conv channels, state dims; the conv's taps and module where they are not `conv_kernel_size` / `conv1d`), in
-    the dtype the conv input has (the autocast dtype, else the conv's)."""
+    conv channels, state dims; the conv's taps and module where they are not `conv_kernel_size` / `conv1d`), the
+    conv rows in the dtype the conv input has (the autocast dtype, else the conv's). The conv rows now; the state
+    now, or, for a patch naming its scan, as a pending receive its zero-started scan takes when it has run."""
     import torch
 
-    b = hidden.shape[0]
+    carry, b = info["carry"], hidden.shape[0]
     conv_shape = (b, getattr(module, carry["conv"]), getattr(module, carry.get("kernel", "conv_kernel_size")))
     state_shape = (b, *(getattr(module, a) for a in carry["state"]))
     dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
         else getattr(module, carry.get("conv_module", "conv1d")).weight.dtype
-    anchor = hidden.new_zeros((), requires_grad=torch.is_grad_enabled())
-    conv, state = _receive_function().apply(anchor, conv_shape, state_shape, _peer(group, src), tag)
-    return conv.to(dtype), state
+    peer, grad = _peer(group, src), torch.is_grad_enabled()
 
+    def receive(shape: tuple, part: int) -> Any:
+        anchor = hidden.new_zeros((), requires_grad=grad)
+        return chain_p2p.receive_function().apply(anchor, shape, peer, tag + part)
 
-@functools.lru_cache(maxsize=1)
-def _send_function() -> Any:
-    import torch
-    import torch.distributed as dist
-
-    class Send(torch.autograd.Function):
-        """Forward: the carry to the next run's rank (float32). Backward: its gradient back from there."""
-
-        @staticmethod
-        def forward(ctx, conv, state, peer, tag):
-            ctx.meta = (conv.shape, conv.dtype, state.shape, state.dtype, peer, tag)
-            for j, t in enumerate((conv, state)):
-                dist.send(t.detach().float().contiguous(), peer, tag=tag + j)
-            return conv.new_empty((0,))
-
-        @staticmethod
-        def backward(ctx, _):
-            conv_shape, conv_dtype, state_shape, state_dtype, peer, tag = ctx.meta
-            grads = []
-            for j, (shape, dtype) in enumerate(((conv_shape, conv_dtype), (state_shape, state_dtype))):
-                g = torch.empty(shape, dtype=torch.float32)
-                dist.recv(g, peer, tag=tag + 2 + j)
-                grads.append(g.to(dtype))
-            return grads[0], grads[1], None, None
-
-    return Send
-
-
-@functools.lru_cache(maxsize=1)
-def _receive_function() -> Any:
-    import torch
-    import torch.distributed as dist
-
-    class Receive(torch.autograd.Function):
-        """Forward: the carry from the previous run's rank. Backward: its gradient sent back there."""
-
-        @staticmethod
-        def forward(ctx, anchor, conv_shape, state_shape, peer, tag):
-            ctx.peer, ctx.tag, ctx.shapes = peer, tag, (conv_shape, state_shape)
-            got = []
-            for j, shape in enumerate(ctx.shapes):
-                t = torch.empty(shape, dtype=torch.float32, device=anchor.device)
-                dist.recv(t, peer, tag=tag + j)
-                got.append(t)
-            return got[0], got[1]
-
-        @staticmethod
-        def backward(ctx, g_conv, g_state):
-            for j, (g, shape) in enumerate(zip((g_conv, g_state), ctx.shapes)):  # unused: a gradient of 0
-                dist.send(torch.zeros(shape) if g is None else g.float().contiguous(), ctx.peer, tag=ctx.tag + 2 + j)
-            return None, None, None, None, None
-
-    return Receive
+    conv = receive(conv_shape, 0).to(dtype)
+    if info.get("scan") is not None:
+        return conv, lambda: receive(state_shape, 1)
+    return conv, receive(state_shape, 1)

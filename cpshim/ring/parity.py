@@ -9,7 +9,6 @@ model without attention without its state chain: the control that must fail the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -169,6 +168,21 @@ def _skip_state() -> None:
     carry_state.chain = no_state  # type: ignore[assignment]
 
 
+def _zero_started_scans() -> None:
+    """Negative control of the Mamba-1 and Mamba-2 mixers: each run's scan receives and takes the state (the
+    carry's tripwire sees it read), multiplied by zero."""
+    from . import carry_state
+
+    exact = carry_state._scan_started
+
+    def zeroed(module: Any, info: dict, state: Any, cache: Any) -> Any:
+        if state is None:
+            return exact(module, info, state, cache)
+        return exact(module, info, lambda: (state() if callable(state) else state) * 0, cache)
+
+    carry_state._scan_started = zeroed  # type: ignore[assignment]
+
+
 class _Recorder:
     def __init__(self) -> None:
         from transformers import TrainerCallback
@@ -209,8 +223,8 @@ def run_case(case: dict, cp: int) -> dict:
             _skip_halo()
         elif case.get("negative") == "no-state":
             _skip_state()
-        elif case.get("negative") == "zero-started-scan":  # Mamba-1: the state travels, its part is never added
-            carry_state._scan_started = lambda *args: contextlib.nullcontext()  # type: ignore[assignment]
+        elif case.get("negative") == "zero-started-scan":  # Mamba-1/2: the state travels, its part is never added
+            _zero_started_scans()
         elif case.get("negative") == "positions-per-shard":
             parity_vlm.positions_per_shard()
         elif case.get("negative") in ("no-softcap", "no-sinks"):

@@ -10,7 +10,8 @@ recurrent state passed along the sequence).
   one process: there is no exact answer to match).
 - Gated DeltaNet where its patches apply (transformers >= 5.21): Qwen3.5 (linear, full, linear) zigzag with
   batch 2 and contiguous, Qwen3-Next (with experts) zigzag; varlen refused by name.
-- Mamba-2 where its patches apply (the same floor): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
+- Mamba-2 where its patches apply (the same floor; upstream's zero-started scan plus the carried state's part,
+  so the group's scans run side by side): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
   16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, Granite 4 hybrid (with
   experts) zigzag with batch 2; varlen refused by name. Falcon-H1, NemotronH, Zamba2, OLMo-hybrid's DeltaNet and
   Kimi Linear's KDA (the same path) zigzag, from their default configs shrunk; pure Mamba-2 (no attention, no
@@ -20,8 +21,8 @@ recurrent state passed along the sequence).
 - RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
   contiguous with batch 2; varlen refused by name.
 - The negative controls (each conv run without the rows before it; each Gated DeltaNet, Mamba-2 and RG-LRU run
-  from no state; pure Mamba-2 under the architecture table's control; Jamba's scan started from zero though its
-  state arrives) must fail the same check.
+  from no state; pure Mamba-2 under the architecture table's control; Jamba's and Bamba's scans started from
+  zero though their state arrives) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
 file for each fingerprint group of the short-conv patches.
@@ -82,7 +83,7 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        *({"id": f"carry-{t}-zigzag", "model": f"auto:{t}", "strategy": "zigzag", **SEQ}
          for t in ("falcon_h1", "nemotron_h", "zamba2", "olmo_hybrid", "kimi_linear", "mamba2", "jamba", "mamba",
                    "falcon_mamba", "zamba")),
-       # Mamba-1: upstream's zero-started scan plus the carried state's part (`cpshim.ring.mamba1_scan`)
+       # Mamba-1: upstream's zero-started scan plus the carried state's part (`cpshim.ring.linear_scans`)
        {"id": "mamba1-jamba-contiguous-b2", "model": "auto:jamba", "strategy": "contiguous", **SEQ, "batch": 2},
        {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
@@ -93,7 +94,13 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
         "negative": True},
        # the state reaches each run, but the scan starts from zero (the conv rows alone)
        {"id": "negative-mamba1-zero-started-scan", "model": "auto:jamba", "strategy": "zigzag", **SEQ,
-        "negative": "zero-started-scan"}] if CARRY else []),
+        "negative": "zero-started-scan"},
+       # a state that lasts (`lasting_state`: A = -0.05, dt ~ 0.13), exact, and its control: the state arrives,
+       # the scan takes it, but of zeros (upstream's init forgets most of a state within a 16-token chunk)
+       {"id": "mamba2-bamba-zigzag-lasting", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
+        "lasting_state": True},
+       {"id": "negative-mamba2-zero-started-scan", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
+        "lasting_state": True, "negative": "zero-started-scan"}] if CARRY else []),
     # RecurrentGemma: the RG-LRU and its conv from the block's cache attributes, local attention (window 8) beside
     *([{"id": "rg-lru-recurrent_gemma-zigzag", "model": "auto:recurrent_gemma", "strategy": "zigzag", **SEQ},
        {"id": "rg-lru-recurrent_gemma-contiguous-b2", "model": "auto:recurrent_gemma", "strategy": "contiguous",
