@@ -173,9 +173,9 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         case.update(model="qwen3_5", layer_types=QWEN3_5_LAYERS)
     elif model == "bamba":  # upstream's SSD chunk (256)
         case.update(model="bamba", layer_types=BAMBA_LAYERS, chunk=256)
-    if model in ("gemma3", "lfm2") and cp > 1:
+    if model in ("gemma3", "lfm2", *CHAINED) and cp > 1:  # the recurrent layers' conv rows come from a halo too
         _count_halo(rec, timer)
-    if model in CHAINED and cp > 1:  # the recurrent layers' chain: its receives, posted sends and their waits
+    if model in CHAINED and cp > 1:  # the recurrent layers' state chain, waits included
         import torch.distributed as dist
 
         from cpshim.ring import chain_p2p

@@ -71,8 +71,8 @@ def _short_conv(model_type: str, cls: str, floor: str) -> Patch:
                    "causal_conv1d_fn"))
 
 
-_CARRY_ADDS = ("a one-run cache per run (conv rows and state in, out), sent point to point to the next run's rank, "
-               "gradients sent back")
+_CARRY_ADDS = ("a one-run cache per run (conv rows and state in, out): the conv rows from a halo of kernel - 1 "
+               "input rows, the state sent point to point to the next run's rank, gradients sent back")
 
 
 def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str = "gated-deltanet",
@@ -82,7 +82,7 @@ def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str
                   "runs each run of its shard from the conv rows and recurrent state the run before it left, "
                   "passed along the sequence", _CARRY_ADDS,
                   (f"{cls}.__init__", f"{cls}.forward", core, "causal_conv1d_fn"),
-                  refused_before=_CARRY_FLOOR, carry={"conv": "conv_dim", "state": state})
+                  refused_before=_CARRY_FLOOR, carry={"state": state})
 
 
 def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
@@ -91,8 +91,7 @@ def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] 
                   "left to upstream's zero-started scan (`cpshim.ring.linear_scans`: the group's scans side by "
                   "side)", _CARRY_ADDS,
                   (f"{cls}.__init__", f"{cls}.forward", "mamba2_chunk_scan", "causal_conv1d_fn"),
-                  refused_before=_CARRY_FLOOR, carry={"conv": "conv_dim", "state": ("num_heads", "head_dim",
-                                                                                   "ssm_state_size")},
+                  refused_before=_CARRY_FLOOR, carry={"state": ("num_heads", "head_dim", "ssm_state_size")},
                   scan="mamba2_chunk_scan", scan_form="ssd")
 
 
@@ -102,7 +101,7 @@ def _mamba1(model_type: str, cls: str, floor: str, state: tuple[str, ...] = ("in
                   "runs each run of its shard from the conv rows the run before it left, adding the SSM state it "
                   "left to upstream's zero-started scan (`cpshim.ring.linear_scans`)", _CARRY_ADDS,
                   (f"{cls}.__init__", f"{cls}.forward", "mamba_selective_scan", "causal_conv1d_fn"),
-                  refused_before=_CARRY_FLOOR, carry={"conv": "intermediate_size", "state": state},
+                  refused_before=_CARRY_FLOOR, carry={"state": state},
                   scan="mamba_selective_scan", scan_form="mamba1")
 
 
@@ -116,7 +115,7 @@ def _rg_lru(model_type: str, cls: str, floor: str, since: str) -> Patch:
                   refused_before=(since, f"ring mode refuses its recurrent layers (before {since} its config names "
                                          "them `recurrent` and its local attention `attention`, which cpshim does not "
                                          f"classify): upgrade transformers to >= {since}"),
-                  carry={"conv": "lru_width", "kernel": "conv1d_width", "conv_module": "conv_1d",
+                  carry={"kernel": "conv1d_width",
                          "state": ("lru_width",)}, run="rg-lru",
                   varlen_why="is a recurrent block whose convolution transformers runs across packed document "
                              "boundaries (even in one process; its RG-LRU does restart there)")

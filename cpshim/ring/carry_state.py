@@ -7,25 +7,28 @@ from before it: the k conv input rows and the state. Upstream's forward already 
 (chunked prefill, transformers >= 5.21: the conv reads the cached rows, `chunk_gated_delta_rule` /
 `mamba2_chunk_scan` start from the cached state), so cpshim hands each run a one-run cache holding what the
 run before it left, and runs upstream's own forward and kernels. Each patch names, as data in its variant's
-`info["carry"]`, the module attributes that give the carry's shapes (the receiver allocates from them).
+`info["carry"]`, the module attributes that give the state's shape (the receiver allocates from it) and, where
+not `conv_kernel_size`, the conv's taps.
 
-Which exchange, and why: the runs follow the sequence one after another (a chain: rank 0's first chunk,
-then the next chunk's owner, ...; under zigzag a rank's two chunks are far apart), each sending its successor
-the conv rows and the state, point to point, once per layer call; the backward sends their gradients back along
-the chain. That moves O(state) per run boundary (no sequence data), is exact, and costs no extra compute. The
-conv rows leave as soon as the run's conv has read its input (`RunCache.update_conv_state`), before its core
-runs, so the next run never waits for a core to finish for them; sends are posted, not blocking
-(`cpshim.ring.chain_p2p`). The state is another matter:
-  * Mamba-1 and Mamba-2 (a patch naming its scan, `info["scan"]`): the recurrence is linear in the state, so each
-    run scans from zero and adds the state's part after (`cpshim.ring.linear_scans`); a state from another rank
-    is received only then. The group's scans run side by side; a run waits only for the previous run's
-    correction, a product far cheaper than a scan. In backward, the state's gradient returns early (the
-    correction is the run's last op), the conv rows' gradient only when the next run's backward reaches its
-    conv (its first op): that wait remains.
-  * Gated DeltaNet / KDA and RG-LRU: the core starts from the state, so the runs' cores follow one another over
-    the group. Their parallel form (per-run d_k x d_k transitions composed by a prefix over the group, each
-    run's output corrected by q_t P_t h0) would need the WY factors inside upstream's kernel; re-running
-    upstream's core from h0 with zero values costs a whole extra core per run, no faster at cp=2: not built.
+Which exchange, and why:
+  * The conv rows: the conv input is per token (in_proj of the mixer's input), so each run gets the k - 1 mixer
+    input rows before it as a halo (`sliding.plan` / `sliding.halo`: one batch of point-to-point sends at the
+    layer's start, the gradient sent back reversed, as for LFM2's short convolutions) and computes the rows
+    itself, running upstream's forward on them alone (`_conv_rows`). In parallel on every rank; their gradient
+    returns when both ranks finish the layer's backward, not mid-way.
+  * The state follows the sequence (a chain: rank 0's first chunk, then the next chunk's owner, ...; under
+    zigzag a rank's two chunks are far apart), point to point, once per layer call, the gradient back along the
+    chain (`cpshim.ring.chain_p2p`, posted sends). O(state) per run boundary, no sequence data.
+      - Mamba-1 and Mamba-2 (a patch naming its scan, `info["scan"]`): the recurrence is linear in the state, so
+        each run scans from zero and adds the state's part after (`cpshim.ring.linear_scans`); a state from
+        another rank is received only then. The group's scans run side by side; a run waits only for the
+        previous run's correction, a product far cheaper than a scan, and in backward the state's gradient
+        leaves early (the correction is the run's last op).
+      - Gated DeltaNet / KDA and RG-LRU: the core starts from the state, so the runs' cores follow one another
+        over the group. Their parallel form (per-run d_k x d_k transitions composed by a prefix over the group,
+        each run's output corrected by q_t P_t h0) would need the WY factors inside upstream's kernel;
+        re-running upstream's core from h0 with zero values costs a whole extra core per run, no faster at
+        cp=2: not built.
 An all-to-all to head shards (Ulysses) would keep every core parallel but needs heads divisible by cp and moves
 O(sequence) per layer. Attention and MLP layers stay parallel.
 Packed documents (varlen) are refused: the state would have to restart at each boundary. RecurrentGemma's block
@@ -48,10 +51,10 @@ _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 class RunCache:
     """The one-run cache upstream's forward reads and writes (the recurrent-layer cache API of transformers
     >= 5.21): `conv`/`state` what the previous run left (None at the sequence start), `conv_out`/`state_out`
-    what this run leaves for the next; `outbox` sends the conv rows to the next run's rank as soon as they exist."""
+    what this run leaves for the next."""
 
-    def __init__(self, conv: Any, state: Any, outbox: chain_p2p.Outbox | None = None) -> None:
-        self.conv, self.state, self.outbox = conv, state, outbox
+    def __init__(self, conv: Any, state: Any) -> None:
+        self.conv, self.state = conv, state
         self.conv_out: Any = None
         self.state_out: Any = None
         self.read: set[str] = set()
@@ -78,8 +81,6 @@ class RunCache:
 
         full = rows if self.conv is None else torch.cat([self.conv, rows], dim=-1)
         self.conv_out = rg_lru.last_columns(full, int(conv_kernel_size))
-        if self.outbox is not None:
-            self.outbox.send(0, self.conv_out)
         return full
 
     def update_recurrent_state(self, state: Any, layer_idx: int, state_idx: int = 0, **kwargs: Any) -> Any:
@@ -132,40 +133,56 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         "varlen_why", "is a recurrent layer, whose state would have to restart at each packed document"))
     run_call = _RUNS[info.get("run", "cache")]
     kwargs["attention_mask"] = None  # right padding only: zeroed rows follow every real token
-    outs, sends, posted, carry, rest = [], [], [], (None, None), ()
+    plan = sliding.plan(step.global_len, step.cp, step.rank, step.strategy,
+                        int(getattr(module, info["carry"].get("kernel", "conv_kernel_size"))))
+    rows = sliding.halo(hidden_states, plan, step.group) if plan.halo_len or plan.send else None
+    halo = {run.local: run for run in plan.runs}
+    outs, sends, state, rest = [], [], None, ()
+    posted: list[Any] = []
     layer = int(getattr(module, "layer_idx", 0))
     for local, _start, length, origin, dest, i in chain(step.global_len, step.cp, step.rank, step.strategy):
         if length < 2:
             raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
                                           "decodes one token from its cache): use sequences of at least 4 * cp tokens")
         if origin not in (None, "here"):
-            carry = _receive(module, info, hidden_states, origin, step.group, _tag(layer, i - 1))
+            state = _receive_state(module, info, hidden_states, origin, step.group, _tag(layer, i - 1))
         elif origin is None:
-            carry = (None, None)
-        outbox = None if dest is None else chain_p2p.Outbox(_peer(step.group, dest), _tag(layer, i))
-        got, carry = run_call(call, module, hidden_states, local, length, carry, kwargs, outbox)
+            state = None
+        h = halo[local]
+        conv = None if rows is None or not h.halo else _conv_rows(call, module, run_call, rows[:, h.at:h.at + h.halo],
+                                                                  kwargs)
+        got, (_, state) = run_call(call, module, hidden_states, local, length, (conv, state), kwargs)
         got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
         outs.append(got)
-        if outbox is not None:
-            sends.extend(outbox.rest(carry))
-            posted.extend(outbox.posted)
+        if dest is not None:
+            sends.append(chain_p2p.send(state, _peer(step.group, dest), _tag(layer, i), posted))
     for work in posted:  # each received by the next run's rank within its own call of this layer
         work.wait()
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    for token in sends:  # each send's backward (the carry's gradient from the next run) runs with the output's
+    if rows is not None:  # the halo's backward returns the rows' gradients, on a rank that only sends them too
+        sends.append(rows[:, :0])
+    for token in sends:  # each send's backward (the state's gradient from the next run) runs with the output's
         out = out + token.sum()
     step.ran.add(id(module))
     return (out, *rest) if rest else out
 
 
-def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict,
-                   outbox: chain_p2p.Outbox | None = None) -> tuple[Any, tuple]:
+def _conv_rows(call: Any, module: Any, run_call: Any, rows: Any, kwargs: dict) -> Any:
+    """The conv rows the run before a run leaves (the conv input of its last k - 1 positions), from their mixer
+    input rows (the halo): upstream's forward on them alone, from no carry; only the conv rows it leaves are kept
+    (the conv input is per token), so their gradient returns through the halo."""
+    _, (conv, _) = run_call(call, module, rows, 0, rows.shape[1], (None, None), kwargs)
+    return conv
+
+
+def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict
+                   ) -> tuple[Any, tuple]:
     """One run through upstream's cache API: a one-run cache holding the carry (a patch naming its scan gets the
     state through the scan instead: `cpshim.ring.linear_scans`); what the run left, out."""
     info = call.variant.info
     scan = info.get("scan")
     conv, state = carry
-    cache = RunCache(conv, None if scan else state, outbox)
+    cache = RunCache(conv, None if scan else state)
     name = _cache_name(type(module))  # type: ignore[arg-type]
     kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
     with _scan_started(module, info, state, cache):
@@ -210,10 +227,14 @@ _RUNS = {"cache": _through_cache, "rg-lru": rg_lru.run}
 
 
 def _tag(layer: int, boundary: int) -> int:
-    """A message tag per (layer, run boundary): +0/+1 conv rows and state forward, +2/+3 their gradients. Matching
-    by tag, not by arrival order, so that the backward's order of sends over the group cannot pair a gradient
-    with another boundary's."""
-    return (layer * 4096 + boundary) * 4
+    """A message tag per (layer, run boundary): the state forward, +1 its gradient. Matching by tag, not by arrival
+    order, so that the backward's order of sends over the group cannot pair a gradient with another boundary's;
+    above every tag the other exchanges use (the ring's, the halos': 0), since a posted state can still be in
+    flight when the receiving rank posts one of theirs."""
+    return _TAG_BASE + (layer * 4096 + boundary) * 2
+
+
+_TAG_BASE = 1 << 16
 
 
 def _peer(group: Any, r: int) -> int:
@@ -222,25 +243,17 @@ def _peer(group: Any, r: int) -> int:
     return r if group is None else dist.get_global_rank(group, r)
 
 
-def _receive(module: Any, info: dict, hidden: Any, src: int, group: Any, tag: int) -> tuple[Any, Any]:
-    """The carry from the previous run's rank, shaped from the module's attributes the patch names (`carry`:
-    conv channels, state dims; the conv's taps and module where they are not `conv_kernel_size` / `conv1d`), the
-    conv rows in the dtype the conv input has (the autocast dtype, else the conv's). The conv rows now; the state
-    now, or, for a patch naming its scan, as a pending receive its zero-started scan takes when it has run."""
+def _receive_state(module: Any, info: dict, hidden: Any, src: int, group: Any, tag: int) -> Any:
+    """The state from the previous run's rank, shaped from the module's attributes the patch names
+    (`carry["state"]`): received now, or, for a patch naming its scan, a pending receive its zero-started scan
+    takes when it has run."""
     import torch
 
-    carry, b = info["carry"], hidden.shape[0]
-    conv_shape = (b, getattr(module, carry["conv"]), getattr(module, carry.get("kernel", "conv_kernel_size")))
-    state_shape = (b, *(getattr(module, a) for a in carry["state"]))
-    dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
-        else getattr(module, carry.get("conv_module", "conv1d")).weight.dtype
+    shape = (hidden.shape[0], *(getattr(module, a) for a in info["carry"]["state"]))
     peer, grad = _peer(group, src), torch.is_grad_enabled()
 
-    def receive(shape: tuple, part: int) -> Any:
+    def receive() -> Any:
         anchor = hidden.new_zeros((), requires_grad=grad)
-        return chain_p2p.receive_function().apply(anchor, shape, peer, tag + part)
+        return chain_p2p.receive_function().apply(anchor, shape, peer, tag)
 
-    conv = receive(conv_shape, 0).to(dtype)
-    if info.get("scan") is not None:
-        return conv, lambda: receive(state_shape, 1)
-    return conv, receive(state_shape, 1)
+    return receive if info.get("scan") is not None else receive()

@@ -1,11 +1,11 @@
-"""The carry's point-to-point exchange (`cpshim.ring.carry_state`): one part of a run's carry (conv rows, state)
-to the next run's rank, its gradient back, as autograd functions.
+"""The state's point-to-point exchange along the chain (`cpshim.ring.carry_state`): a run's state to the next
+run's rank, its gradient back, as autograd functions.
 
-Sends are posted (isend), not blocking, both ways: a rank's one run can send its conv rows to the rank it also
-receives its state from (zigzag at cp=2: rank 1's two chunks are one run, between rank 0's two), and a blocking
-send there waits for a receive the peer posts only after its own send; the backward mirrors it. Receives block.
-A forward's sends are waited for at the end of the layer's call (the next run's rank receives them within its own
-call of that layer); the backward's are kept until complete.
+Sends are posted (isend), not blocking, both ways. A run that is sent a state from another rank takes it late
+(Mamba's zero-started scan adds its part after running), so a blocking send would hold the sending rank idle
+until then, instead of letting it run its next run; in backward a run's state gradient leaves early. A
+forward's sends are waited for at the end of the layer's call (the next run's rank receives them within its
+own call of that layer); the backward's are kept until complete. Receives block.
 """
 
 from __future__ import annotations
@@ -13,30 +13,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from . import tripwires
 
-
-class Outbox:
-    """What a run leaves for the next run's rank, each part sent as soon as it exists (the conv rows from the
-    cache's `update_conv_state`, before the run's core; the state after it); `rest` sends what is left and
-    returns the sends' tokens, whose backward receives the parts' gradients; `posted`, the sends to wait for."""
-
-    def __init__(self, peer: int, tag: int) -> None:
-        self.peer, self.tag = peer, tag
-        self.tokens: dict[int, Any] = {}
-        self.posted: list[Any] = []
-
-    def send(self, part: int, tensor: Any) -> None:
-        if part in self.tokens:
-            raise tripwires.TripwireError("cpshim ring mode: a recurrent mixer updated its conv state twice in one "
-                                          "run of a sharded step: report this transformers release to cpshim")
-        self.tokens[part] = send_function().apply(tensor, self.peer, self.tag + part, self.posted)
-
-    def rest(self, carry: tuple) -> list[Any]:
-        for part, tensor in enumerate(carry):
-            if part not in self.tokens:
-                self.send(part, tensor)
-        return list(self.tokens.values())
+def send(state: Any, peer: int, tag: int, posted: list) -> Any:
+    """Posts `state` to `peer` (appended to `posted`, to wait for); returns an empty token whose backward receives
+    the state's gradient (the caller adds it to the layer's output, so that it runs)."""
+    return send_function().apply(state, peer, tag, posted)
 
 
 #: gradient sends posted in backward, kept until complete (their buffers with them)
@@ -69,8 +50,7 @@ def send_function() -> Any:
     import torch.distributed as dist
 
     class Send(torch.autograd.Function):
-        """Forward: one part of the carry to the next run's rank (float32). Backward: its gradient back from there
-        (tag + 2)."""
+        """Forward: the state to the next run's rank (float32). Backward: its gradient back from there (tag + 1)."""
 
         @staticmethod
         def forward(ctx, tensor, peer, tag, posted):
@@ -82,7 +62,7 @@ def send_function() -> Any:
         def backward(ctx, _):
             shape, dtype, peer, tag = ctx.meta
             g = torch.empty(shape, dtype=torch.float32)
-            dist.recv(g, peer, tag=tag + 2)
+            dist.recv(g, peer, tag=tag + 1)
             return g.to(dtype), None, None, None
 
     return Send
@@ -94,7 +74,7 @@ def receive_function() -> Any:
     import torch.distributed as dist
 
     class Receive(torch.autograd.Function):
-        """Forward: one part of the carry from the previous run's rank. Backward: its gradient sent back there."""
+        """Forward: the state from the previous run's rank. Backward: its gradient sent back there."""
 
         @staticmethod
         def forward(ctx, anchor, shape, peer, tag):
@@ -106,7 +86,7 @@ def receive_function() -> Any:
         @staticmethod
         def backward(ctx, g):  # unused: a gradient of 0; posted (the forward's reason, mirrored), settled later
             _in_flight[:] = [w for w in _in_flight if not w.is_completed()]
-            _in_flight.append(_post(torch.zeros(ctx.shape) if g is None else g, ctx.peer, ctx.tag + 2))
+            _in_flight.append(_post(torch.zeros(ctx.shape) if g is None else g, ctx.peer, ctx.tag + 1))
             return None, None, None, None
 
     return Receive

@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def run(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict,
-        outbox: Any = None) -> tuple[Any, tuple]:
+def run(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tuple, kwargs: dict
+        ) -> tuple[Any, tuple]:
     """One run: upstream's forward on rows local .. local + length with the carry's conv rows (batch, lru_width,
-    k) and state (batch, lru_width); returns its output and the carry it leaves (the conv rows sent by `outbox`,
-    `cpshim.ring.carry_state.Outbox`, as soon as the conv has run)."""
+    k) and state (batch, lru_width); returns its output and the carry it leaves."""
     import torch
 
     rows, state = carry
@@ -45,7 +44,7 @@ def run(call: Any, module: Any, hidden: Any, local: int, length: int, carry: tup
                             else state)
     left: dict = {}
     try:
-        with _convolved_after(module.conv_1d, rows, module.conv1d_width, left, outbox):
+        with _convolved_after(module.conv_1d, rows, module.conv1d_width, left):
             out = call.original(mine, **{**kwargs, "position_ids": positions[..., local:local + length],
                                          "use_cache": True})
         return out, (left["rows"], lru.recurrent_states)
@@ -64,7 +63,7 @@ def last_columns(full: Any, k: int) -> Any:
 
 
 @contextlib.contextmanager
-def _convolved_after(conv: Any, rows: Any, k: int, left: dict, outbox: Any) -> Iterator[None]:
+def _convolved_after(conv: Any, rows: Any, k: int, left: dict) -> Iterator[None]:
     """Within: `conv(x)` convolves `rows` (k columns before x; None at the sequence start: upstream's zeros)
     then x, returning what upstream's conv returns for x alone; `left["rows"]` gets the k columns it ends with."""
     import torch
@@ -72,8 +71,6 @@ def _convolved_after(conv: Any, rows: Any, k: int, left: dict, outbox: Any) -> I
     def forward(x: Any) -> Any:
         full = x if rows is None else torch.cat([rows.to(x.dtype), x], dim=-1)
         left["rows"] = last_columns(full, k)
-        if outbox is not None:
-            outbox.send(0, left["rows"])
         return type(conv).forward(conv, full)[..., full.shape[-1] - x.shape[-1]:]
 
     conv.forward = forward

@@ -1,7 +1,7 @@
 """Sequence mixers other than attention under ring CP, with a real Trainer on 2 gloo ranks, equal one process
 (all cases in one launch): LFM2's short convolutions (`cpshim.ring.short_conv`, a halo of kernel - 1 input rows)
-and the recurrent mixers, Gated DeltaNet, Mamba-2, Mamba-1 and RG-LRU (`cpshim.ring.carry_state`, the conv rows and
-recurrent state passed along the sequence).
+and the recurrent mixers, Gated DeltaNet, Mamba-2, Mamba-1 and RG-LRU (`cpshim.ring.carry_state`: the conv rows
+from a halo of input rows, the recurrent state passed along the sequence).
 
 - lfm2 (conv, full, conv) on zigzag with batch 2, contiguous with kernel 5, zigzag with a kernel of 20, wider
   than a zigzag chunk (16 tokens), whose halo spans two ranks; lfm2_moe (experts) where transformers has it
@@ -12,7 +12,8 @@ recurrent state passed along the sequence).
   batch 2 and contiguous, Qwen3-Next (with experts) zigzag; varlen refused by name.
 - Mamba-2 where its patches apply (the same floor; upstream's zero-started scan plus the carried state's part,
   so the group's scans run side by side): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
-  16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, Granite 4 hybrid (with
+  16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, and with a state that
+  lasts (`lasting_state`: upstream's init forgets most of it within a chunk), Granite 4 hybrid (with
   experts) zigzag with batch 2; varlen refused by name. Falcon-H1, NemotronH, Zamba2, OLMo-hybrid's DeltaNet and
   Kimi Linear's KDA (the same path) zigzag, from their default configs shrunk; pure Mamba-2 (no attention, no
   position_ids) too.
@@ -20,9 +21,9 @@ recurrent state passed along the sequence).
   zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
 - RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
   contiguous with batch 2; varlen refused by name.
-- The negative controls (each conv run without the rows before it; each Gated DeltaNet, Mamba-2 and RG-LRU run
-  from no state; pure Mamba-2 under the architecture table's control; Jamba's and Bamba's scans started from
-  zero though their state arrives) must fail the same check.
+- The negative controls (each conv run without the rows before it, LFM2's and Qwen3.5's; each Gated DeltaNet,
+  Mamba-2 (a state that lasts) and RG-LRU run from no state; pure Mamba-2 under the architecture table's
+  control; Jamba's and Bamba's scans started from zero though their state arrives) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
 file for each fingerprint group of the short-conv patches.
@@ -73,6 +74,9 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
         "packed": True, "refused": True},
        {"id": "negative-no-state", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
         "negative": "no-state"},
+       # the state travels, but each run's conv starts from zeros (no halo of input rows before it)
+       {"id": "negative-deltanet-no-conv-halo", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
+        "negative": "no-halo"},
        # Mamba-2 (the same cache API and floor)
        {"id": "mamba2-bamba-zigzag-b2", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2},
        {"id": "mamba2-bamba-contiguous", "model": "bamba", "strategy": "contiguous", **SEQ},
@@ -88,7 +92,7 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        {"id": "mamba2-bamba-varlen-refused", "model": "bamba", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
        {"id": "negative-mamba2-no-state", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
-        "negative": "no-state"},
+        "lasting_state": True, "negative": "no-state"},
        # pure Mamba-2 has no attention whose KV exchange the table's control could drop: it drops the state
        {"id": "negative-pure-mamba2-table-control", "model": "auto:mamba2", "strategy": "zigzag", **SEQ,
         "negative": True},

@@ -107,7 +107,8 @@ def _whole(module, x):
 
 def _chained(module, x, cp, strategy, with_state=True, started=True):
     """Every rank's runs in sequence order, each from what the run before it left (as the chain sends it), by the
-    patch's own run call (`carry_state._RUNS`). A patch naming its scan gets, as `forward` hands it, a state from
+    patch's own run call (`carry_state._RUNS`), its conv rows computed from the k - 1 input rows before it (the halo)
+as `forward` computes them. A patch naming its scan gets, as `forward` hands it, a state from
     another rank as a pending receive (a callable its zero-started scan calls after running); `started=False`:
     that scan gets a state of zeros instead (it reads the state, but adds nothing)."""
     from types import SimpleNamespace
@@ -121,13 +122,17 @@ def _chained(module, x, cp, strategy, with_state=True, started=True):
     info = _patch_info(module)
     call = SimpleNamespace(original=_upstream(module), variant=SimpleNamespace(info=info))
     run_call = carry_state._RUNS[info.get("run", "cache")]
-    out, carry, before = torch.empty_like(x), (None, None), None
+    halo = int(getattr(module, info["carry"].get("kernel", "conv_kernel_size"))) - 1
+    out, state, before = torch.empty_like(x), None, None
     for start, rank, local, n in runs:
         assert held[rank][local:local + n] == list(range(start, start + n))
-        conv, state = carry if with_state else (None, None)
+        state = state if with_state else None
         if state is not None and "scan" in info and (rank != before or not started):
             state = (lambda s: lambda: s)(state if started else torch.zeros_like(state))
-        got, carry = run_call(call, module, x, start, n, (conv, state), _kwargs(module, x))
+        rows = x[:, max(0, start - halo):start]  # the halo `forward` exchanges: the conv rows from them
+        conv = carry_state._conv_rows(call, module, run_call, rows, _kwargs(module, x)) if start and with_state \
+            else None
+        got, (_, state) = run_call(call, module, x, start, n, (conv, state), _kwargs(module, x))
         out[:, start:start + n] = got[0] if isinstance(got, tuple) else got
         before = rank
     return out
