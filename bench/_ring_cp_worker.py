@@ -89,7 +89,7 @@ GEMMA3_LAYERS = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 3's patt
 LFM2_LAYERS = ["conv", "conv", "full_attention"] * 2  # LFM2's pattern (1.2B: 10 conv : 6 full, kernel 3)
 QWEN3_5_LAYERS = ["linear_attention"] * 3 + ["full_attention"]  # Qwen3.5's pattern: 3 linear : 1 full
 BAMBA_LAYERS = QWEN3_5_LAYERS  # Mamba-2 : attention, 3 : 1
-CHAINED = ("qwen3_5", "bamba")  # models whose recurrent layers pass their state along the chain
+CHAINED = ("qwen3_5", "bamba")  # models with recurrent layers: the state's chain, or head shards (Gated DeltaNet)
 
 
 def _count_halo(rec: dict, timer: "_Timer") -> None:
@@ -119,7 +119,7 @@ def _count_halo(rec: dict, timer: "_Timer") -> None:
 
 
 def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None, trainer: str = "sft",
-         model: str = "llama", window: int | None = None) -> None:
+         model: str = "llama", window: int | None = None, deltanet_core: str = "heads") -> None:
     import torch
     import transformers
     from transformers import TrainerCallback
@@ -175,10 +175,16 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         case.update(model="bamba", layer_types=BAMBA_LAYERS, chunk=256)
     if model in ("gemma3", "lfm2", *CHAINED) and cp > 1:  # the recurrent layers' conv rows come from a halo too
         _count_halo(rec, timer)
-    if model in CHAINED and cp > 1:  # the recurrent layers' state chain, waits included
+    if model in CHAINED and cp > 1:  # the recurrent layers' state chain or all-to-all, waits included
         import torch.distributed as dist
 
-        from cpshim.ring import chain_p2p
+        from cpshim.ring import chain_p2p, head_shards
+
+        # Gated DeltaNet's core by head shards: its all-to-all, forward and backward (a collective: it waits for
+        # the slower rank); `deltanet_core="chain"`: the state's chain instead, as for heads not divisible by cp
+        head_shards._all_to_all = timer.wrap("head_exchange", head_shards._all_to_all)
+        if deltanet_core == "chain":
+            head_shards.applies = lambda *args: False
 
         # receives block; sends are posted (`_post`: isend, which the ring's P2POp must see unwrapped) and waited
         # for at the end of the layer's call (`_Posted.wait`)

@@ -34,9 +34,12 @@ target <= 0.6x, and the conv layers' halo exchange (kernel - 1 input rows per ru
 step (issue 10's target for the mixers' exchanges); the hook target holds as for every model.
 With `--model qwen3_5`, parity's tiny Qwen3.5 with 4 layers, 3 Gated DeltaNet : 1 full, HF Trainer: memory
 target <= 0.6x; the linear layers' exchanges: the conv rows' halo (timed after an untimed barrier, as the conv
-layers' above) and the state sent run to run (receives, posted sends and the waits for them, timed with their
-waits: a Gated DeltaNet core starts from the state, so each linear layer runs its runs in sequence over the
-group, and the wait for the previous run's rank is most of it), against the 5 % target.
+layers' above) and the all-to-all of the cores' inputs to head shards and of their outputs back (forward and
+backward; a collective, so it includes the wait for the slower rank), against the 5 % target. With
+`--deltanet-core chain` (diagnostic) the cores run along the state's chain instead, as for heads not divisible by
+cp: the state sent run to run (receives, posted sends and the waits for them, timed with their waits: a Gated
+DeltaNet core starts from the state, so the runs' cores follow one another over the group, and the wait for the
+previous run's rank is most of it).
 With `--model bamba`, parity's tiny Bamba with 4 layers, 3 Mamba-2 (SSD chunks of 256, upstream's) : 1 full: the
 same memory target and the same exchanges, timed the same way; its scans run from zero side by side and only the
 state's correction waits for the previous run (`cpshim.ring.linear_scans`).
@@ -68,13 +71,14 @@ GEMMA3_MEM_TARGET = 0.55
 MIXER_EXCHANGE_TARGET = 0.05
 HALO_OF = {"gemma3": "sliding layers", "lfm2": "conv layers", "qwen3_5": "recurrent layers' conv rows",
            "bamba": "recurrent layers' conv rows"}
-OPTS: dict = {"hidden": None, "mmap_threshold": None, "trainer": "sft", "model": "llama", "window": 512}
+OPTS: dict = {"hidden": None, "mmap_threshold": None, "trainer": "sft", "model": "llama", "window": 512,
+              "deltanet_core": "heads"}
 
 
 def _code(cp: int, seq: int, steps: int, out: str) -> str:
     return (f"from bench._ring_cp_worker import main; main({cp}, {seq}, {steps}, {out!r}, "
             f"hidden={OPTS['hidden']!r}, trainer={OPTS['trainer']!r}, model={OPTS['model']!r}, "
-            f"window={OPTS['window']!r})")
+            f"window={OPTS['window']!r}, deltanet_core={OPTS['deltanet_core']!r})")
 
 
 def _env() -> dict[str, str]:
@@ -172,8 +176,10 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
               f"(worst rank) = {bytes_ratio:.4f} of an all-gather of the same rows{verdict}")
     if OPTS["model"] in ("lfm2", "qwen3_5", "bamba"):
         parts, what = ((("halo_exchange",), "conv layers: their halo exchange") if OPTS["model"] == "lfm2" else
-                       (("halo_exchange", "chain_p2p"), "recurrent layers: their exchanges (the conv rows' halo; the "
-                        "state chain's receives, posted sends and their waits, waits for the previous run included)"))
+                       (("halo_exchange", "chain_p2p", "head_exchange"),
+                        "recurrent layers: their exchanges (the conv rows' halo; the state chain's receives, posted "
+                        "sends and their waits, waits for the previous run included; Gated DeltaNet's all-to-all "
+                        "to head shards and back, forward and backward, its waits for the slower rank included)"))
         if OPTS["model"] != "lfm2":
             for part in parts:
                 spent = max(sum(s["parts_s"].get(part, 0) for s in r["steps"]) for r in ring)
@@ -206,6 +212,9 @@ def main() -> int:
                          "1 full layers; qwen3_5: 3 Gated DeltaNet : 1 full layers; bamba: 3 Mamba-2 : 1 full "
                          "layers (HF Trainer)")
     ap.add_argument("--window", type=int, default=512, help="--model gemma3: the sliding window (default 512)")
+    ap.add_argument("--deltanet-core", choices=("heads", "chain"), default="heads",
+                    help="diagnostic, --model qwen3_5: chain runs the Gated DeltaNet cores along the state's chain "
+                         "(what heads not divisible by cp get) instead of by head shards (default)")
     ap.add_argument("--hidden", type=int, help="diagnostic: parity's tiny Llama with this hidden size "
                     "(intermediate 2x; default: parity's own config)")
     ap.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
@@ -213,7 +222,7 @@ def main() -> int:
                          "dynamic threshold, i.e. what a user gets)")
     a = ap.parse_args()
     OPTS.update(hidden=a.hidden, mmap_threshold=a.malloc_mmap_threshold, trainer=a.trainer, model=a.model,
-                window=a.window)
+                window=a.window, deltanet_core=a.deltanet_core)
     seqs = [int(s) for s in a.seq_len.split(",")]
     from bench._ring_cp_worker import BAMBA_LAYERS, GEMMA3_LAYERS, LFM2_LAYERS, QWEN3_5_LAYERS
     from cpshim.ring import parity
@@ -233,7 +242,8 @@ def main() -> int:
              "grpo": "TRL GRPOTrainer, fixed completions copying the prompt"}[a.trainer]
           + ", zigzag, reference provider, bf16 attention compute, "
           "optim SGD, OMP_NUM_THREADS=1 per process"
-          + (f", MALLOC_MMAP_THRESHOLD_={a.malloc_mmap_threshold}" if a.malloc_mmap_threshold is not None else ""))
+          + (f", MALLOC_MMAP_THRESHOLD_={a.malloc_mmap_threshold}" if a.malloc_mmap_threshold is not None else "")
+          + (", Gated DeltaNet cores along the state's chain" if a.deltanet_core == "chain" else ""))
     results, failed = [], False
     t_start = time.perf_counter()
     for seq in seqs:

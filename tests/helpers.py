@@ -99,3 +99,31 @@ def parity_verdict(ref: dict, ring: dict, loss_rtol: float, grad_rtol: float) ->
         verdict["eval_rel_err"] = abs(ring["eval_loss"] - ref["eval_loss"]) / abs(ref["eval_loss"])
         verdict["ok"] = verdict["ok"] and verdict["eval_rel_err"] <= loss_rtol
     return verdict
+
+
+def upstream_forward(module):
+    """The module's upstream forward, bound, whether or not a cpshim patch wraps its class's."""
+    from cpshim import patching
+
+    method = type(module).forward
+    return (method.__wrapped__ if patching.is_wrapper(method) else method).__get__(module)
+
+
+def mixer_patch_info(module):
+    """The info of the mixer patch for the module's class (its first variant's)."""
+    from cpshim.patches.mixer_catalog import MIXER_PATCHES, PATCH_OF_MIXER
+
+    pid = PATCH_OF_MIXER[(type(module).__module__, type(module).__name__)]
+    return next(p for p in MIXER_PATCHES if p.id == pid).variants[0].info
+
+
+def skip_below_carry_state() -> None:
+    """Skip the calling test module where the recurrent mixers' patches do not apply: a run takes its conv rows
+    and state from its cache from transformers 5.21 on (ring mode refuses Gated DeltaNet and Mamba-2 below)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers.models.qwen3_5")
+    if not __import__("cpshim").report()["qwen3-5-gated-deltanet"].variant:
+        pytest.skip("the forward takes a run's conv rows and state from its cache from transformers 5.21 on (ring "
+                    "mode refuses Gated DeltaNet and Mamba-2 below)", allow_module_level=True)

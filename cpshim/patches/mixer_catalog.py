@@ -8,7 +8,9 @@
   `cpshim.ring.carry_state`, which hands upstream's forward a one-run cache. That needs the cache API of
   5.21.0 (get_conv_state / get_recurrent_state / is_recording_past; chunked prefill from the cached state):
   below it ring mode refuses these layers. OLMo-hybrid's DeltaNet and Kimi Linear's delta attention (KDA) take
-  the same path (one conv over q, k, v on 5.21+).
+  the same path (one conv over q, k, v on 5.21+). The patch names its core and head counts
+  (`info["head_shards"]`): where they divide by cp the core runs by head shards (`cpshim.ring.head_shards`),
+  else along the state's chain.
 - Mamba-2 (`linear_attention` layers, Falcon-H1's `hybrid` ones: attention and Mamba-2 side by side):
   Bamba, Granite 4 hybrid, Falcon-H1, NemotronH, Zamba2, Mamba-2, run by the same `cpshim.ring.carry_state`
   (the same cache API, same 5.21.0 floor; NemotronH's `mlp` / `moe` layers are position-wise); the patch names
@@ -77,12 +79,18 @@ _CARRY_ADDS = ("a one-run cache per run (conv rows and state in, out): the conv 
 
 def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str = "gated-deltanet",
               core: str = "torch_chunk_gated_delta_rule",
-              state: tuple[str, ...] = ("num_v_heads", "head_k_dim", "head_v_dim")) -> Patch:
+              state: tuple[str, ...] = ("num_v_heads", "head_k_dim", "head_v_dim"),
+              heads: tuple[str, ...] = ("num_k_heads", "num_v_heads")) -> Patch:
     return _mixer((LINEAR,), model_type, module_name, cls, floor, kind, "cpshim.ring.carry_state:forward",
-                  "runs each run of its shard from the conv rows and recurrent state the run before it left, "
-                  "passed along the sequence", _CARRY_ADDS,
+                  "runs its core over the whole sequence for heads / cp of its heads on each rank (an all-to-all "
+                  "to head shards and back, `cpshim.ring.head_shards`) where every head count divides by cp, "
+                  "else each run of its shard from the recurrent state the run before it left, passed along "
+                  "the sequence; the conv rows from a halo either way",
+                  "a one-run cache per run (conv rows in); the conv rows from a halo of kernel - 1 input rows; "
+                  "the core's inputs all-to-all to head shards and its output back (heads divisible by cp), "
+                  "else the state sent point to point to the next run's rank; gradients sent back",
                   (f"{cls}.__init__", f"{cls}.forward", core, "causal_conv1d_fn"),
-                  refused_before=_CARRY_FLOOR, carry={"state": state})
+                  refused_before=_CARRY_FLOOR, carry={"state": state}, head_shards={"core": core, "heads": heads})
 
 
 def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
@@ -129,7 +137,8 @@ DELTANET = (_deltanet("qwen3_next", "qwen3_next", "Qwen3NextGatedDeltaNet", "4.5
             _deltanet("olmo_hybrid", "olmo_hybrid", "OlmoHybridGatedDeltaNet", "5.3.0"),
             # Kimi Delta Attention: per-channel gates, one head_dim x head_dim state per head
             _deltanet("kimi_linear", "kimi_linear", "KimiLinearDeltaAttention", "5.17.0", kind="kda",
-                      core="chunk_kimi_delta_attention", state=("num_heads", "head_dim", "head_dim")))
+                      core="chunk_kimi_delta_attention", state=("num_heads", "head_dim", "head_dim"),
+                      heads=("num_heads",)))
 MAMBA2 = (_mamba2("bamba", "BambaMixer", "4.48.0"), _mamba2("granitemoehybrid", "GraniteMoeHybridMambaLayer", "4.52.0"),
           _mamba2("falcon_h1", "FalconH1Mixer", "4.53.0", (HYBRID,)),
           _mamba2("nemotron_h", "NemotronHMamba2Mixer", "5.3.0", (LINEAR, "mlp", "moe")),

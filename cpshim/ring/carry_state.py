@@ -29,8 +29,14 @@ Which exchange, and why:
         each run's output corrected by q_t P_t h0) would need the WY factors inside upstream's kernel;
         re-running upstream's core from h0 with zero values costs a whole extra core per run, no faster at
         cp=2: not built.
-An all-to-all to head shards (Ulysses) would keep every core parallel but needs heads divisible by cp and moves
-O(sequence) per layer. Attention and MLP layers stay parallel.
+  * Gated DeltaNet / KDA with every head count divisible by cp (the patch names them, `info["head_shards"]`):
+    no state travels; the core runs over the whole sequence for heads / cp of the heads on each rank, an
+    all-to-all to head shards and back (`cpshim.ring.head_shards`, which says why). Measured side by side on
+    the bench's Qwen3.5 at 16k tokens, cp=2 (bench/bench_ring_cp.py --model qwen3_5 [--deltanet-core chain]):
+    the chain's exchanges and waits 19.9 % of a step, the all-to-all's 2.6 %; memory per rank 0.51x / 0.58x of
+    one process (the core's backward over the whole sequence peaks higher); step wall 0.56x / 0.55x on 2 CPU
+    cores, where the torch core's per-chunk loop, not its heads, sets the cost.
+Attention and MLP layers stay parallel.
 Packed documents (varlen) are refused: the state would have to restart at each boundary. RecurrentGemma's block
 keeps its cache in module attributes, not a cache object: its patch's run call (`info["run"]`) is
 `cpshim.ring.rg_lru.run`.
@@ -43,7 +49,7 @@ import functools
 import inspect
 from typing import Any
 
-from . import chain_p2p, rg_lru, runtime, sliding, tripwires
+from . import chain_p2p, head_shards, rg_lru, runtime, sliding, tripwires
 
 _CACHE_NAMES = ("cache", "cache_params", "past_key_values")
 
@@ -137,25 +143,20 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
                         int(getattr(module, info["carry"].get("kernel", "conv_kernel_size"))))
     rows = sliding.halo(hidden_states, plan, step.group) if plan.halo_len or plan.send else None
     halo = {run.local: run for run in plan.runs}
-    outs, sends, state, rest = [], [], None, ()
-    posted: list[Any] = []
-    layer = int(getattr(module, "layer_idx", 0))
-    for local, _start, length, origin, dest, i in chain(step.global_len, step.cp, step.rank, step.strategy):
+    runs = chain(step.global_len, step.cp, step.rank, step.strategy)
+    for _local, _start, length, *_ in runs:
         if length < 2:
             raise tripwires.TripwireError(f"cpshim ring mode: {name} got a run of {length} token (transformers "
                                           "decodes one token from its cache): use sequences of at least 4 * cp tokens")
-        if origin not in (None, "here"):
-            state = _receive_state(module, info, hidden_states, origin, step.group, _tag(layer, i - 1))
-        elif origin is None:
-            state = None
-        h = halo[local]
-        conv = None if rows is None or not h.halo else _conv_rows(call, module, run_call, rows[:, h.at:h.at + h.halo],
-                                                                  kwargs)
-        got, (_, state) = run_call(call, module, hidden_states, local, length, (conv, state), kwargs)
-        got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
-        outs.append(got)
-        if dest is not None:
-            sends.append(chain_p2p.send(state, _peer(step.group, dest), _tag(layer, i), posted))
+    convs = {local: None if rows is None or not halo[local].halo else
+             _conv_rows(call, module, run_call, rows[:, halo[local].at:halo[local].at + halo[local].halo], kwargs)
+             for local, *_ in runs}
+    sends: list[Any] = []
+    posted: list[Any] = []
+    if head_shards.applies(module, info, step.cp):
+        outs, rest = _by_heads(call, module, hidden_states, runs, convs, kwargs, step, name)
+    else:
+        outs, rest = _along_chain(call, module, run_call, hidden_states, runs, convs, kwargs, step, sends, posted)
     for work in posted:  # each received by the next run's rank within its own call of this layer
         work.wait()
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
@@ -165,6 +166,62 @@ def forward(call: Any, module: Any, hidden_states: Any, *args: Any, **kwargs: An
         out = out + token.sum()
     step.ran.add(id(module))
     return (out, *rest) if rest else out
+
+
+def _along_chain(call: Any, module: Any, run_call: Any, hidden: Any, runs: tuple, convs: dict, kwargs: dict,
+                 step: Any, sends: list, posted: list) -> tuple[list, tuple]:
+    """Each run from the state the run before it left, received from its rank; the state it leaves posted to the
+    next run's rank (`sends`: tokens whose backward receives its gradient)."""
+    info = call.variant.info
+    outs, state, rest = [], None, ()
+    layer = int(getattr(module, "layer_idx", 0))
+    for local, _start, length, origin, dest, i in runs:
+        if origin not in (None, "here"):
+            state = _receive_state(module, info, hidden, origin, step.group, _tag(layer, i - 1))
+        elif origin is None:
+            state = None
+        got, (_, state) = run_call(call, module, hidden, local, length, (convs[local], state), kwargs)
+        got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
+        outs.append(got)
+        if dest is not None:
+            sends.append(chain_p2p.send(state, _peer(step.group, dest), _tag(layer, i), posted))
+    return outs, rest
+
+
+def _by_heads(call: Any, module: Any, hidden: Any, runs: tuple, convs: dict, kwargs: dict, step: Any, name: str
+              ) -> tuple[list, tuple]:
+    """Each run's forward stopped at the core to take its inputs, the core over the whole sequence for this rank's
+    heads (`cpshim.ring.head_shards`), each run's forward again with its share of the output as the core's."""
+    core = call.variant.info["head_shards"]["core"]
+    home = type(module).__module__
+    calls = []
+    for local, _start, length, *_ in runs:
+        cache = RunCache(convs[local], None)
+        with runtime.swapped(home, core, head_shards.capture) as original:
+            try:
+                _run(call, module, hidden[:, local:local + length], cache, kwargs)
+            except head_shards.Captured as taken:
+                calls.append(taken.call)
+            else:
+                raise tripwires.TripwireError(f"cpshim ring mode: {name}'s forward did not call {core} on a sharded "
+                                              "step (a kernel from the `kernels` hub or kernelize(), or a release "
+                                              "cpshim does not know): load the model without hub kernels under ring "
+                                              "CP, or report this transformers release to cpshim")
+        _check_went_through(module, cache, False, left=("conv rows",))
+    cores = head_shards.run_core(original, calls, [length for _, _, length, *_ in runs], step, name)
+    outs, rest = [], ()
+    for (local, _start, length, *_), out in zip(runs, cores):
+        with runtime.swapped(home, core, head_shards.replay(out)):
+            got = _run(call, module, hidden[:, local:local + length], RunCache(convs[local], None), kwargs)
+        got, rest = (got[0], got[1:]) if isinstance(got, tuple) else (got, ())
+        outs.append(got)
+    return outs, rest
+
+
+def _run(call: Any, module: Any, rows: Any, cache: RunCache, kwargs: dict) -> Any:
+    """Upstream's forward on `rows` with the one-run `cache` as its cache argument."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
+    return call.original(rows, **{_cache_name(type(module)): cache}, **kwargs)  # type: ignore[arg-type]
 
 
 def _conv_rows(call: Any, module: Any, run_call: Any, rows: Any, kwargs: dict) -> Any:
@@ -183,15 +240,14 @@ def _through_cache(call: Any, module: Any, hidden: Any, local: int, length: int,
     scan = info.get("scan")
     conv, state = carry
     cache = RunCache(conv, None if scan else state)
-    name = _cache_name(type(module))  # type: ignore[arg-type]
-    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHE_NAMES}
     with _scan_started(module, info, state, cache):
-        out = call.original(hidden[:, local:local + length], **{name: cache}, **kwargs)
+        out = _run(call, module, hidden[:, local:local + length], cache, kwargs)
     _check_went_through(module, cache, state is not None)
     return out, (cache.conv_out, cache.state_out)
 
 
-def _check_went_through(module: Any, cache: RunCache, stated: bool) -> None:
+def _check_went_through(module: Any, cache: RunCache, stated: bool,
+                        left: tuple[str, ...] = ("conv rows", "recurrent state")) -> None:
     """The run read the carry it was given and left one: a forward that goes around the cache API (a hub kernel
     swapped in by `kernels`' kernelize, a runtime that keeps the conv state itself, a changed release) would
     otherwise restart each run from zeros without failing. A scan swapped by `linear_scans` counts as the state's
@@ -199,7 +255,7 @@ def _check_went_through(module: Any, cache: RunCache, stated: bool) -> None:
     given = {"conv rows": cache.conv is not None, "recurrent state": stated}
     unread = [what for what, there in given.items() if there and what not in cache.read]
     unleft = [what for what, out in (("conv rows", cache.conv_out), ("recurrent state", cache.state_out))
-              if out is None]
+              if out is None and what in left]
     if unread or unleft:
         what = (f"did not read the carried {' and '.join(unread)}" if unread
                 else f"left no {' and '.join(unleft)} in the cache")

@@ -32,8 +32,9 @@ def started_from(module_name: str, scan_name: str, form: str, state: Any, read: 
     returning one (called once, after the first zero-started scan: the receive from the previous run's rank);
     for Zamba's one Mamba-1 scan per head, `state[:, head]` (batch, heads, head channels, d_state) at the
     head-th call. `read()` is called when the state is taken (the carry's tripwire counts it)."""
-    home = sys.modules[module_name]
-    scan = home.__dict__[scan_name]
+    from .runtime import swapped
+
+    scan = sys.modules[module_name].__dict__[scan_name]
     add: Callable[..., Any] = _FORMS[form]
     got: list[Any] = []
     calls = itertools.count()
@@ -45,11 +46,8 @@ def started_from(module_name: str, scan_name: str, form: str, state: Any, read: 
         s = got[0]
         return s[:, i] if form == "mamba1" and s.dim() == 4 else s
 
-    setattr(home, scan_name, lambda *args, **kwargs: add(scan, part, next(calls), *args, **kwargs))
-    try:
+    with swapped(module_name, scan_name, lambda *args, **kwargs: add(scan, part, next(calls), *args, **kwargs)):
         yield
-    finally:
-        setattr(home, scan_name, scan)
 
 
 def _mamba1_from(scan: Any, part: Any, call: int, u: Any, dt: Any, A: Any, B: Any, C: Any, D: Any = None,

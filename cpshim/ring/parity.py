@@ -183,6 +183,17 @@ def _zero_started_scans() -> None:
     carry_state._scan_started = zeroed  # type: ignore[assignment]
 
 
+def _local_cores() -> None:
+    """Negative control of the cores run by head shards (`cpshim.ring.head_shards`): each run's core on its own
+    positions, every head, from no state (no all-to-all)."""
+    from . import head_shards
+
+    def local(core: Any, calls: list, lengths: list, step: Any, name: str) -> list:
+        return [core(*args, **{**kwargs, "output_final_state": False})[0] for args, kwargs in calls]
+
+    head_shards.run_core = local  # type: ignore[assignment]
+
+
 class _Recorder:
     def __init__(self) -> None:
         from transformers import TrainerCallback
@@ -211,9 +222,10 @@ def run_case(case: dict, cp: int) -> dict:
     torch.manual_seed(0)
     model = _model(case)
     extra: dict[str, Any] = {}
-    from . import carry_state, positions, routing, sliding, vlm
+    from . import carry_state, head_shards, positions, routing, sliding, vlm
 
-    saved = routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain, carry_state._scan_started
+    saved = (routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain, carry_state._scan_started,
+             head_shards.run_core)
     if cp > 1:
         from accelerate import ParallelismConfig
 
@@ -225,6 +237,8 @@ def run_case(case: dict, cp: int) -> dict:
             _skip_state()
         elif case.get("negative") == "zero-started-scan":  # Mamba-1/2: the state travels, its part is never added
             _zero_started_scans()
+        elif case.get("negative") == "local-cores":  # Gated DeltaNet by head shards: no all-to-all
+            _local_cores()
         elif case.get("negative") == "positions-per-shard":
             parity_vlm.positions_per_shard()
         elif case.get("negative") in ("no-softcap", "no-sinks"):
@@ -287,8 +301,8 @@ def run_case(case: dict, cp: int) -> dict:
             again.train(resume_from_checkpoint=os.path.join(str(args.output_dir), "checkpoint-2"))
             result["resumed_losses"] = _losses(again)
     finally:
-        (routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain,
-         carry_state._scan_started) = saved
+        (routing.ring_forward, sliding.plan, vlm._entry_hook, carry_state.chain, carry_state._scan_started,
+         head_shards.run_core) = saved
     return result
 
 

@@ -74,7 +74,10 @@ def config(case: dict) -> Any:
                                        conv_L_cache=case.get("kernel", 7))
     if name in ("qwen3_5", "qwen3_next"):  # Gated DeltaNet (linear_attention, conv kernel 4) and full layers
         types = case.get("layer_types", ["linear_attention", "full_attention", "linear_attention"])
-        deltanet = dict(layer_types=types, head_dim=16, linear_num_value_heads=4, linear_num_key_heads=2,
+        # key heads 2 (or the case's `linear_key_heads`: 1 does not divide by cp=2, so the core runs along the
+        # state's chain instead of by head shards)
+        deltanet = dict(layer_types=types, head_dim=16, linear_num_value_heads=4,
+                        linear_num_key_heads=case.get("linear_key_heads", 2),
                         linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4)
         sizes = {**_SIZES, "num_hidden_layers": len(types)}
         if name == "qwen3_5":

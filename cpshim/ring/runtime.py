@@ -150,6 +150,21 @@ def generating() -> Iterator[None]:
         set_step(saved[0])
 
 
+@contextlib.contextmanager
+def swapped(module_name: str, name: str, value: Any) -> Iterator[Any]:
+    """Within: the module's global `name` is `value` (a core or scan a run's call of upstream's forward looks up
+    by name); yields the original."""
+    import sys
+
+    home = sys.modules[module_name]
+    original = home.__dict__[name]
+    setattr(home, name, value)
+    try:
+        yield original
+    finally:
+        setattr(home, name, original)
+
+
 def is_generating() -> bool:
     return getattr(_local, "generating", False)
 

@@ -8,8 +8,10 @@ from a halo of input rows, the recurrent state passed along the sequence).
   (>= 5.0); lfm3 (conv of kernel 7, a sliding layer of window 8, a full layer) where it has it (>= 5.23).
 - varlen with packed documents is refused by name (transformers runs the convolution across documents even in
   one process: there is no exact answer to match).
-- Gated DeltaNet where its patches apply (transformers >= 5.21): Qwen3.5 (linear, full, linear) zigzag with
-  batch 2 and contiguous, Qwen3-Next (with experts) zigzag; varlen refused by name.
+- Gated DeltaNet where its patches apply (transformers >= 5.21), its core by head shards (`cpshim.ring.head_shards`,
+  heads divisible by cp): Qwen3.5 (linear, full, linear) zigzag with batch 2 and contiguous, Qwen3-Next (with
+  experts) zigzag; with one key head (not divisible by cp: the state's chain) zigzag with batch 2 and contiguous;
+  varlen refused by name.
 - Mamba-2 where its patches apply (the same floor; upstream's zero-started scan plus the carried state's part,
   so the group's scans run side by side): Bamba (mamba, attention, mamba; SSD chunks of 6, so a
   16-token run spans three and ends in a padded one) zigzag with batch 2 and contiguous, and with a state that
@@ -21,8 +23,9 @@ from a halo of input rows, the recurrent state passed along the sequence).
   zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
 - RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
   contiguous with batch 2; varlen refused by name.
-- The negative controls (each conv run without the rows before it, LFM2's and Qwen3.5's; each Gated DeltaNet,
-  Mamba-2 (a state that lasts) and RG-LRU run from no state; pure Mamba-2 under the architecture table's
+- The negative controls (each conv run without the rows before it, LFM2's and Qwen3.5's; each run's Gated
+  DeltaNet core on its own positions (no all-to-all); each Gated DeltaNet (along the chain), Mamba-2 (a state
+  that lasts) and RG-LRU run from no state; pure Mamba-2 under the architecture table's
   control; Jamba's and Bamba's scans started from zero though their state arrives) must fail the same check.
 
 Same check and tolerances as the other parity suites (`test_ring_parity`). The matrix's `mixers` cells run this
@@ -72,8 +75,16 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
        {"id": "deltanet-qwen3_next-zigzag", "model": "qwen3_next", "strategy": "zigzag", **SEQ},
        {"id": "deltanet-qwen3_5-varlen-refused", "model": "qwen3_5", "strategy": "varlen", **SEQ, "batch": 2,
         "packed": True, "refused": True},
-       {"id": "negative-no-state", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
-        "negative": "no-state"},
+       # one key head: not divisible by cp, so the core runs along the state's chain
+       {"id": "deltanet-qwen3_5-chain-zigzag-b2", "model": "qwen3_5", "linear_key_heads": 1, "strategy": "zigzag",
+        **SEQ, "batch": 2},
+       {"id": "deltanet-qwen3_5-chain-contiguous", "model": "qwen3_5", "linear_key_heads": 1,
+        "strategy": "contiguous", **SEQ},
+       {"id": "negative-no-state", "model": "qwen3_5", "linear_key_heads": 1, "strategy": "zigzag", **SEQ,
+        "batch": 2, "negative": "no-state"},
+       # by head shards, but each run's core on its own positions, every head, from no state (no all-to-all)
+       {"id": "negative-deltanet-local-cores", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
+        "negative": "local-cores"},
        # the state travels, but each run's conv starts from zeros (no halo of input rows before it)
        {"id": "negative-deltanet-no-conv-halo", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
         "negative": "no-halo"},

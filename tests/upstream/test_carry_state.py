@@ -4,8 +4,10 @@ recurrent state), put together equal upstream's forward over the whole sequence,
 every parameter (hypothesis; the real `Qwen3_5GatedDeltaNet`, `BambaMixer` (Mamba-2, chunks of 5 so that
 runs end in padded chunks), `JambaMambaMixer` and `ZambaMambaMixer` (Mamba-1, whose zero-started scan gets the
 state's part added, one scan per head in Zamba), RecurrentGemma's `RecurrentGemmaRecurrentBlock` (its RG-LRU
-from the block's cache attributes, with a document restarting its positions inside the row), no processes). The exchange over gloo and the Trainer end to
-end: tests/parity/test_mixer_parity.py (with the negative controls that drop the state, or its part in the scan).
+from the block's cache attributes, with a document restarting its positions inside the row), no processes). The
+exchange over gloo and the Trainer end to end: tests/parity/test_mixer_parity.py (with the negative controls that
+drop the state, or its part in the scan). Gated DeltaNet with heads divisible by cp runs its core by head shards
+instead (tests/upstream/test_head_shards.py); the chain here is what it runs otherwise.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import mixer_patch_info, skip_below_carry_state, upstream_forward
+
 pytestmark = pytest.mark.upstream
+skip_below_carry_state()
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers.models.qwen3_5")
-if not __import__("cpshim").report()["qwen3-5-gated-deltanet"].variant:
-    pytest.skip("the forward takes a run's state from its cache from transformers 5.21 on (ring mode refuses "
-                "Gated DeltaNet and Mamba-2 below)", allow_module_level=True)
 MIXERS = ["gated-deltanet", "mamba2", "mamba1", "mamba1-heads",
           *(["rg-lru"] if __import__("cpshim").report()["recurrent-gemma-rg-lru"].variant else [])]
 
@@ -75,20 +76,6 @@ def _module(kind):
     return Qwen3_5GatedDeltaNet(config, 0)
 
 
-def _upstream(module):
-    from cpshim import patching
-
-    method = type(module).forward
-    return (method.__wrapped__ if patching.is_wrapper(method) else method).__get__(module)
-
-
-def _patch_info(module):
-    from cpshim.patches.mixer_catalog import MIXER_PATCHES, PATCH_OF_MIXER
-
-    pid = PATCH_OF_MIXER[(type(module).__module__, type(module).__name__)]
-    return next(p for p in MIXER_PATCHES if p.id == pid).variants[0].info
-
-
 def _kwargs(module, x):
     """What the model passes besides the hidden states: RecurrentGemma's position_ids, a document restarting them
     two thirds in (its RG-LRU resets there)."""
@@ -101,7 +88,7 @@ def _kwargs(module, x):
 
 
 def _whole(module, x):
-    out = _upstream(module)(x, **_kwargs(module, x))
+    out = upstream_forward(module)(x, **_kwargs(module, x))
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -119,8 +106,8 @@ as `forward` computes them. A patch naming its scan gets, as `forward` hands it,
     runs = sorted((start, rank, local, n) for rank in range(cp)
                   for local, start, n, *_ in carry_state.chain(length, cp, rank, strategy))
     held = {r: sharding.shard_indices(length, r, cp, strategy).tolist() for r in range(cp)}
-    info = _patch_info(module)
-    call = SimpleNamespace(original=_upstream(module), variant=SimpleNamespace(info=info))
+    info = mixer_patch_info(module)
+    call = SimpleNamespace(original=upstream_forward(module), variant=SimpleNamespace(info=info))
     run_call = carry_state._RUNS[info.get("run", "cache")]
     halo = int(getattr(module, info["carry"].get("kernel", "conv_kernel_size"))) - 1
     out, state, before = torch.empty_like(x), None, None
@@ -185,9 +172,9 @@ def test_a_forward_that_goes_around_the_cache_is_refused(kind):
 
     module = _module(kind)
     name = carry_state._cache_name(type(module))
-    upstream = _upstream(module)
+    upstream = upstream_forward(module)
     call = SimpleNamespace(original=lambda x, **kw: upstream(x, **{**kw, name: None}),
-                           variant=SimpleNamespace(info=_patch_info(module)))
+                           variant=SimpleNamespace(info=mixer_patch_info(module)))
     x = torch.randn(1, 16, 32)
     with torch.no_grad():
         with pytest.raises(tripwires.TripwireError, match="left no conv rows.*does not go through transformers' cache"):
