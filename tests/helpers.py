@@ -71,14 +71,15 @@ def rank_json(tmp_path_factory, worker: str, worlds: tuple[int, ...] = (2, 4), t
     return out
 
 
-def run_parity_pair(worker: str, cases: list[dict], out: str, timeout: int = 900) -> dict:
-    """`worker.main_worker(cases, out, cp)` once in one process and once as two ring ranks; returns
-    {case id: (the one-process result, rank 0's ring result)} from the files the worker saved."""
+def run_parity_pair(worker: str, cases: list[dict], out: str, timeout: int = 900, world: int = 2) -> dict:
+    """`worker.main_worker(cases, out, cp)` once in one process and once as `world` ring ranks (cp=2; 4: two
+    data-parallel groups of two); returns {case id: (the one-process result, rank 0's ring result)} from the
+    files the worker saved."""
     import json
 
     code = f"from {worker} import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)"
     run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
-    run_ranks(code.replace("CP", "2"), 2, timeout=timeout)
+    run_ranks(code.replace("CP", "2"), world, timeout=timeout)
     return parity_results(out, cases)
 
 

@@ -23,6 +23,7 @@ from a halo of input rows, the recurrent state passed along the sequence).
   zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
 - RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
   contiguous with batch 2; varlen refused by name.
+- cp=2 x dp=2 (4 ranks): Qwen3.5 by head shards and along the chain, Bamba with a lasting state, contiguous.
 - The negative controls (each conv run without the rows before it, LFM2's and Qwen3.5's; each run's Gated
   DeltaNet core on its own positions (no all-to-all); each Gated DeltaNet (along the chain), Mamba-2 (a state
   that lasts) and RG-LRU run from no state; pure Mamba-2 under the architecture table's
@@ -129,11 +130,35 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
     {"id": "negative-no-conv-halo", "model": "lfm2", "strategy": "zigzag", **SEQ, "batch": 2, "negative": "no-halo"},
 ]
 JUDGED = [c["id"] for c in CASES if not c.get("negative") and not c.get("refused")]
+# 4 ranks as cp=2 x dp=2: the all-to-all and the chain within each CP group (group ranks, not global ones), equal
+# to one process over the same global batches
+SEQ_DP = {**SEQ, "dp": 2}
+CASES_4 = [{"id": "cp2xdp2-deltanet-heads", "model": "qwen3_5", "strategy": "zigzag", **SEQ_DP},
+           {"id": "cp2xdp2-deltanet-chain", "model": "qwen3_5", "linear_key_heads": 1, "strategy": "zigzag",
+            **SEQ_DP},
+           {"id": "cp2xdp2-mamba2-lasting", "model": "bamba", "strategy": "contiguous", "lasting_state": True,
+            **SEQ_DP}] if CARRY else []
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     return run_parity_pair("cpshim.ring.parity", CASES, str(tmp_path_factory.mktemp("mixers")))
+
+
+@pytest.fixture(scope="module")
+def results_4(tmp_path_factory):
+    return run_parity_pair("cpshim.ring.parity", CASES_4, str(tmp_path_factory.mktemp("mixers4")), world=4)
+
+
+@pytest.mark.parametrize("case", [c["id"] for c in CASES_4])
+def test_cp2_dp2_matches_one_process_over_global_batches(results_4, case):
+    from cpshim.ring.parity import compare
+
+    ref, ring = results_4[case]
+    verdict = compare(ref, ring, loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL, floor=FLOOR)
+    print(case, verdict)
+    assert verdict["ok"], verdict
+    assert ring["total_batch"] == ref["total_batch"] == 2  # the cp ranks of a group share one batch
 
 
 @pytest.mark.parametrize("case", JUDGED)

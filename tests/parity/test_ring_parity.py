@@ -8,12 +8,10 @@ must fail the same check. All cases run in one launch so each process pays the T
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 
 import pytest
 
-from tests.helpers import run_python, run_ranks
+from tests.helpers import run_parity_pair
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.upstream, pytest.mark.needs_cp]
 if any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "accelerate", "ring_flash_attn")):
@@ -48,13 +46,7 @@ CASES_4 = [{"id": "cp2xdp2", "strategy": "zigzag", "batch": 1, "seq_len": 64, "s
 
 
 def _launch(cases, world, out):
-    import torch
-
-    code = f"from cpshim.ring.parity import main_worker; main_worker({json.dumps(cases)!r}, {out!r}, CP)"
-    run_python(code.replace("CP", "1"), env={"OMP_NUM_THREADS": "1"}, timeout=900)
-    run_ranks(code.replace("CP", "2"), world, timeout=900)
-    return {c["id"]: (torch.load(os.path.join(out, f"ref-{i}.pt")), torch.load(os.path.join(out, f"ring-{i}.pt")))
-            for i, c in enumerate(cases)}
+    return run_parity_pair("cpshim.ring.parity", cases, out, world=world)
 
 
 @pytest.fixture(scope="module")
