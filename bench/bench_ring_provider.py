@@ -77,8 +77,8 @@ def main() -> None:
                 if ln.startswith("ROW=")][-1]
         r = json.loads(line[4:])
         rows.append(r)
-        print(f"{r['seq']:>6} {r['fwd_s']:>8.2f} {r['bwd_s']:>8.2f} {r['peak_extra_mib']:>15.0f} {r['score_matrix_mib']:>22.0f}",
-              flush=True)
+        print(f"{r['seq']:>6} {r['fwd_s']:>8.2f} {r['bwd_s']:>8.2f} {r['peak_extra_mib']:>15.0f} "
+              f"{r['score_matrix_mib']:>22.0f}", flush=True)
     print("JSON=" + json.dumps(rows))
 
 
