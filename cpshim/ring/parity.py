@@ -4,7 +4,8 @@ Used by `cpshim demo` and by the parity tests. One launch runs several cases in 
 each process pays the Trainer import once. A case is a dict: strategy, batch, seq_len, steps,
 grad_accum, packed (documents restart position_ids), negative (ring without the KV exchange, and a
 model without attention without its state chain: the control that must fail the check), refused
-(the CP run must stop with a tripwire; its message is the result).
+(the CP run must stop with a tripwire; its message is the result), gradient_checkpointing (the Trainer's), eval
+(evaluate() after training: the eval loss, accuracy and logit length).
 """
 
 from __future__ import annotations
@@ -265,7 +266,8 @@ def run_case(case: dict, cp: int) -> dict:
         optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
         logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, data_seed=0,
         dataloader_drop_last=True, disable_tqdm=True,
-        average_tokens_across_devices=case.get("average_tokens", True), **extra)
+        average_tokens_across_devices=case.get("average_tokens", True),
+        gradient_checkpointing=case.get("gradient_checkpointing", False), **extra)
     if case.get("resume"):
         args.save_strategy, args.save_steps = "steps", 2
     rank = dist.get_rank() if dist.is_initialized() else 0

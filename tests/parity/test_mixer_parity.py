@@ -23,6 +23,8 @@ from a halo of input rows, the recurrent state passed along the sequence).
   zigzag and contiguous with batch 2, Mamba, Falcon-Mamba, Zamba (one scan per Mamba head) zigzag, shrunk.
 - RecurrentGemma where its patch applies (>= 5.23: two RG-LRU blocks, then local attention of window 8) zigzag,
   contiguous with batch 2; varlen refused by name.
+- Gradient checkpointing (Qwen3.5 by head shards and along the chain, Bamba with a lasting state) and eval (Qwen3.5,
+  Bamba: the eval loss and whole logits).
 - cp=2 x dp=2 (4 ranks): Qwen3.5 by head shards and along the chain, Bamba with a lasting state, contiguous.
 - The negative controls (each conv run without the rows before it, LFM2's and Qwen3.5's; each run's Gated
   DeltaNet core on its own positions (no all-to-all); each Gated DeltaNet (along the chain), Mamba-2 (a state
@@ -83,6 +85,18 @@ CASES = [  # 64 tokens, cp=2: a zigzag chunk is 16 tokens
         "strategy": "contiguous", **SEQ},
        {"id": "negative-no-state", "model": "qwen3_5", "linear_key_heads": 1, "strategy": "zigzag", **SEQ,
         "batch": 2, "negative": "no-state"},
+       # gradient checkpointing (the layers' forward again in backward: the all-to-all, the chain, the halos
+       # again) and eval (no grad; the logits made whole)
+       {"id": "deltanet-qwen3_5-zigzag-b2-checkpointed", "model": "qwen3_5", "strategy": "zigzag", **SEQ,
+        "batch": 2, "gradient_checkpointing": True},
+       {"id": "deltanet-qwen3_5-chain-zigzag-b2-checkpointed", "model": "qwen3_5", "linear_key_heads": 1,
+        "strategy": "zigzag", **SEQ, "batch": 2, "gradient_checkpointing": True},
+       {"id": "mamba2-bamba-zigzag-lasting-checkpointed", "model": "bamba", "strategy": "zigzag", **SEQ, "batch": 2,
+        "lasting_state": True, "gradient_checkpointing": True},
+       {"id": "deltanet-qwen3_5-zigzag-b2-eval", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
+        "steps": 1, "eval": True},
+       {"id": "mamba2-bamba-contiguous-b2-eval", "model": "bamba", "strategy": "contiguous", **SEQ, "batch": 2,
+        "steps": 1, "eval": True},
        # by head shards, but each run's core on its own positions, every head, from no state (no all-to-all)
        {"id": "negative-deltanet-local-cores", "model": "qwen3_5", "strategy": "zigzag", **SEQ, "batch": 2,
         "negative": "local-cores"},
@@ -168,6 +182,14 @@ def test_model_matches_one_process(results, case):
     verdict = compare(*results[case], loss_rtol=LOSS_RTOL, grad_rtol=GRAD_RTOL, floor=FLOOR)
     print(case, verdict)
     assert verdict["ok"], verdict
+
+
+@pytest.mark.parametrize("case", [c["id"] for c in CASES if c.get("eval")])
+def test_eval_loss_and_logits(results, case):
+    ref, ring = results[case]
+    assert ring["eval"]["loss"] is not None, ring
+    assert abs(ring["eval"]["loss"] - ref["eval"]["loss"]) <= LOSS_RTOL * abs(ref["eval"]["loss"])
+    assert ring["eval"]["logit_tokens"] == ref["eval"]["logit_tokens"] == 64
 
 
 def test_conv_layers_refuse_packed_documents(results):
