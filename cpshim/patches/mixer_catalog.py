@@ -80,7 +80,8 @@ _CARRY_ADDS = ("a one-run cache per run (conv rows and state in, out): the conv 
 def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str = "gated-deltanet",
               core: str = "torch_chunk_gated_delta_rule",
               state: tuple[str, ...] = ("num_v_heads", "head_k_dim", "head_v_dim"),
-              heads: tuple[str, ...] = ("num_k_heads", "num_v_heads")) -> Patch:
+              heads: tuple[str, ...] = ("num_k_heads", "num_v_heads"),
+              config_heads: tuple[str, ...] = ("linear_num_key_heads", "linear_num_value_heads")) -> Patch:
     return _mixer((LINEAR,), model_type, module_name, cls, floor, kind, "cpshim.ring.carry_state:forward",
                   "runs its core over the whole sequence for heads / cp of its heads on each rank (an all-to-all "
                   "to head shards and back, `cpshim.ring.head_shards`) where every head count divides by cp, "
@@ -90,7 +91,8 @@ def _deltanet(model_type: str, module_name: str, cls: str, floor: str, kind: str
                   "the core's inputs all-to-all to head shards and its output back (heads divisible by cp), "
                   "else the state sent point to point to the next run's rank; gradients sent back",
                   (f"{cls}.__init__", f"{cls}.forward", core, "causal_conv1d_fn"),
-                  refused_before=_CARRY_FLOOR, carry={"state": state}, head_shards={"core": core, "heads": heads})
+                  refused_before=_CARRY_FLOOR, carry={"state": state},
+                  head_shards={"core": core, "heads": heads, "config_heads": config_heads})
 
 
 def _mamba2(model_type: str, cls: str, floor: str, layer_types: tuple[str, ...] = (LINEAR,)) -> Patch:
@@ -138,7 +140,7 @@ DELTANET = (_deltanet("qwen3_next", "qwen3_next", "Qwen3NextGatedDeltaNet", "4.5
             # Kimi Delta Attention: per-channel gates, one head_dim x head_dim state per head
             _deltanet("kimi_linear", "kimi_linear", "KimiLinearDeltaAttention", "5.17.0", kind="kda",
                       core="chunk_kimi_delta_attention", state=("num_heads", "head_dim", "head_dim"),
-                      heads=("num_heads",)))
+                      heads=("num_heads",), config_heads=("linear_num_heads",)))
 MAMBA2 = (_mamba2("bamba", "BambaMixer", "4.48.0"), _mamba2("granitemoehybrid", "GraniteMoeHybridMambaLayer", "4.52.0"),
           _mamba2("falcon_h1", "FalconH1Mixer", "4.53.0", (HYBRID,)),
           _mamba2("nemotron_h", "NemotronHMamba2Mixer", "5.3.0", (LINEAR, "mlp", "moe")),

@@ -66,8 +66,7 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
         how.append("conv layers by a halo of kernel - 1 input rows (strategy='varlen' refused: transformers runs "
                    "them across packed documents)")
     if LINEAR in kinds or HYBRID in kinds:
-        how.append("recurrent mixers (Gated DeltaNet, Mamba-2) run in sequence order over the CP group, each run from "
-                   "the state the run before it left (strategy='varlen' refused)")
+        how.append(_recurrent(config))
     lines = [f"cpshim check --model: ring mode runs {name} ("
              + (", ".join(how) if len(how) > 1 else "full causal attention in every layer") + ")"]
     text = text_config(config)
@@ -84,6 +83,31 @@ def verdict(config: Any, heads_k_stride: int = 1, table: bool = True) -> tuple[i
     elif getattr(config, "audio_config", None) is not None:
         lines.append("  batches with audio (input_features, ...) are refused by name; text-only batches run")
     return 0, lines + _table(name, table)
+
+
+def _recurrent(config: Any) -> str:
+    """How the config's recurrent mixers run, from their patch's data: a core sharded by heads names the cp
+    sizes its head counts allow (`info["head_shards"]["config_heads"]`)."""
+    from ..patches.accelerate_prepare_cp import text_config
+    from ..patches.mixer_catalog import MIXER_PATCHES, PATCH_OF_FAMILY
+
+    text = text_config(config)
+    pid = PATCH_OF_FAMILY.get(getattr(text, "model_type", None))
+    info: dict[str, Any] = next((p.variants[0].info for p in MIXER_PATCHES if p.id == pid), {})
+    spec = info.get("head_shards")
+    if spec is None:  # Mamba-1/2 (their scans side by side, the state corrected after), RG-LRU
+        return ("recurrent mixers with the state passed run to run over the CP group, the conv rows from a halo "
+                "(strategy='varlen' refused)")
+    named = [getattr(text, a, None) for a in spec["config_heads"]]
+    counts = [c for c in named if isinstance(c, int)]
+    if len(counts) < len(named):  # a release that names them otherwise: the rule, no sizes
+        where = "where cp divides their head counts"
+    else:
+        sizes = [cp for cp in range(2, min(counts) + 1) if all(c % cp == 0 for c in counts)]
+        where = (f"where cp divides {' and '.join(map(str, counts))} heads (cp = "
+                 f"{', '.join(map(str, sizes)) or 'none'})")
+    return (f"recurrent mixers' cores by head shards (an all-to-all of their inputs and outputs) {where}, else "
+            "along the state passed run to run; the conv rows from a halo (strategy='varlen' refused)")
 
 
 def _refused_when_run(model_type: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import cpshim
 from cpshim import cli
 
 
@@ -36,6 +37,21 @@ def test_a_local_config_and_its_layer_types(capsys, tmp_path):
     assert "chunked_attention layers" in capsys.readouterr().out
     Qwen3Config(num_hidden_layers=2).save_pretrained(tmp_path / "full")
     assert cli.main(["check", "--model", str(tmp_path / "full")]) == 0
+
+
+def test_recurrent_mixers_say_how_their_cores_run(capsys, tmp_path):
+    """Gated DeltaNet: by head shards for the cp sizes that divide its key and value heads, else the chain;
+    Mamba-2: the state passed run to run (where transformers has the families and their patches apply)."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Qwen3_5TextConfig") or not cpshim.report()["qwen3-5-gated-deltanet"].variant:
+        pytest.skip("Gated DeltaNet under ring CP needs transformers >= 5.21")
+    transformers.Qwen3_5TextConfig(num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                                   linear_num_key_heads=6, linear_num_value_heads=12).save_pretrained(tmp_path / "q")
+    assert cli.main(["check", "--model", str(tmp_path / "q")]) == 0
+    assert "cores by head shards (an all-to-all of their inputs and outputs) where cp divides 6 and 12 heads " \
+           "(cp = 2, 3, 6), else along the state passed run to run" in capsys.readouterr().out
+    assert cli.main(["check", "--model", "bamba"]) == 0
+    assert "recurrent mixers with the state passed run to run" in capsys.readouterr().out
 
 
 def test_an_unknown_model_is_a_usage_error(capsys):
