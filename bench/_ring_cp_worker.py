@@ -11,6 +11,9 @@ this module only adds measurements to it:
   first step) it records VmRSS and resets the kernel's high-water mark (`/proc/self/clear_refs` 5);
   after training it reads VmHWM. Peak minus post-import RSS is therefore the training's own peak.
   Without a writable clear_refs it falls back to ru_maxrss (which also covers import-time peaks).
+  With `live_peak`, training also runs under torch's profiler with `profile_memory`: the peak of the running sum
+  of its CPU allocation records (bytes allocated minus freed since training began) is the tensors' own peak,
+  what `torch.cuda.max_memory_allocated` is on a GPU: glibc's retention of freed blocks is not in it.
 - time: `on_step_begin`..`on_step_end` is one step (forward, backward, optimizer). cpshim's hook is the
   Trainer's `_prepare_context_parallel_inputs` as patched in ring mode (cpshim's dispatch, upstream's
   full-length key preparation, checks, padding, sharding, the same-batch all_gather), timed per call
@@ -36,6 +39,33 @@ def _status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         m = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
     return int(m.group(1)) if m else -1
+
+
+def _live_peak_bytes(prof: Any) -> int:
+    """Peak of the CPU allocator's live bytes over the profiled span, from the profiler's `[memory]` records."""
+    from torch._C._autograd import DeviceType
+
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _fused_head_tile_bytes(trainer: Any) -> int | None:
+    """The workspace TRL's fused log-prob head allocates per call (`mm_buf`): TOKEN_CHUNK_SIZE tokens x the vocab
+    chunk, in the compute dtype, whatever the vocab (32768 columns for parity's 96 words) and the sequence (from
+    4096 tokens on). None for other trainers, or where the installed TRL has no such head."""
+    try:
+        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+    except ImportError:
+        return None
+    if type(trainer).__name__ != "DPOTrainer":
+        return None
+    return TOKEN_CHUNK_SIZE * _CHUNKED_LOGPROB_CHUNK_SIZE * (2 if trainer.args.bf16 or trainer.args.fp16 else 4)
 
 
 def _reset_hwm() -> bool:
@@ -119,7 +149,8 @@ def _count_halo(rec: dict, timer: "_Timer") -> None:
 
 
 def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = None, trainer: str = "sft",
-         model: str = "llama", window: int | None = None, deltanet_core: str = "heads") -> None:
+         model: str = "llama", window: int | None = None, deltanet_core: str = "heads",
+         live_peak: bool = False, batch: int = 1) -> None:
     import torch
     import transformers
     from transformers import TrainerCallback
@@ -160,10 +191,18 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         if cp > 1:  # the instance attribute shadows (and calls) the class's patched method
             bound = type(self)._prepare_context_parallel_inputs.__get__(self)
             self._prepare_context_parallel_inputs = timer.wrap("hook", bound)
-        return original_train(self, *args, **kwargs)
+        if not live_peak:
+            return original_train(self, *args, **kwargs)
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = original_train(self, *args, **kwargs)
+        rec["live_peak_bytes"] = _live_peak_bytes(prof)
+        rec["fixed_tile_bytes"] = _fused_head_tile_bytes(self)
+        return result
 
     transformers.Trainer.train = train
-    case = {"id": "bench", "strategy": "zigzag", "batch": 1, "seq_len": seq_len, "steps": steps,
+    case = {"id": "bench", "strategy": "zigzag", "batch": batch, "seq_len": seq_len, "steps": steps,
             "output_dir": os.path.join(out_dir, f"trainer-{cp}")}
     if model == "gemma3":  # the windows come from the model's own sliding_window on both sides
         case.update(model="gemma3", window=window, layer_types=GEMMA3_LAYERS, upstream_masks=False)

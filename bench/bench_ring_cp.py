@@ -8,7 +8,8 @@
     PYTHONPATH=. python bench/bench_ring_cp.py --model lfm2              # LFM2-like, 2 conv : 1 full (issue 10)
     PYTHONPATH=. python bench/bench_ring_cp.py --model qwen3_5           # Qwen3.5-like, 3 linear : 1 full (issue 10)
     PYTHONPATH=. python bench/bench_ring_cp.py --model bamba             # Bamba-like, 3 Mamba-2 : 1 full (issue 10)
-    diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out)
+    diagnostics: --hidden 128 (a wider tiny Llama), --malloc-mmap-threshold 65536 (glibc heap retention out),
+                 --live-peak (also the tensors' own peak, from torch's profiler: GPU-style, no heap retention)
 
 The run is cpshim's parity run (`cpshim.ring.parity.run_case`: the tiny Llama of the parity tests,
 copy-task data, HF Trainer, SGD, batch 1, zigzag) at a long sequence, twice:
@@ -16,10 +17,11 @@ copy-task data, HF Trainer, SGD, batch 1, zigzag) at a long sequence, twice:
   * ring CP=2: two gloo ranks on loopback (`cpshim.ring.launch.run_ranks`), `cpshim.enable("zigzag")`.
 Every process runs with OMP_NUM_THREADS=1, the single process first, then the two ranks (never together).
 bench/_ring_cp_worker.py says exactly what is measured. Targets:
-  * peak RSS minus post-import RSS per rank <= 0.6x the single process's;
+  * peak RSS minus post-import RSS per rank <= 0.6x the single process's (with `--live-peak`, the same ratio
+    of the tensors' peak live bytes is reported next to it: what a GPU's allocator would count);
   * cpshim's hook (the patched `Trainer._prepare_context_parallel_inputs`, checks included, plus the
     per-step tripwires outside it) <= 2 % of a training step.
-With `--trainer dpo` the run is TRL's DPOTrainer (tests/parity/_pref_worker.py: one chosen/rejected pair of
+With `--trainer dpo` the run is TRL's DPOTrainer (tests/parity/_pref_worker.py: `--batch` chosen/rejected pairs of
 `--seq-len` tokens each, TRL's defaults, gradient checkpointing on), the label-less backbone path: the
 memory target is the same; the hook target does not apply (the sharding runs at each backbone call).
 With `--trainer grpo`, TRL's GRPOTrainer (tests/parity/_rl_worker.py: two prompts of `--seq-len`/2 tokens, two
@@ -72,13 +74,14 @@ MIXER_EXCHANGE_TARGET = 0.05
 HALO_OF = {"gemma3": "sliding layers", "lfm2": "conv layers", "qwen3_5": "recurrent layers' conv rows",
            "bamba": "recurrent layers' conv rows"}
 OPTS: dict = {"hidden": None, "mmap_threshold": None, "trainer": "sft", "model": "llama", "window": 512,
-              "deltanet_core": "heads"}
+              "deltanet_core": "heads", "live_peak": False, "batch": 1}
 
 
 def _code(cp: int, seq: int, steps: int, out: str) -> str:
     return (f"from bench._ring_cp_worker import main; main({cp}, {seq}, {steps}, {out!r}, "
             f"hidden={OPTS['hidden']!r}, trainer={OPTS['trainer']!r}, model={OPTS['model']!r}, "
-            f"window={OPTS['window']!r}, deltanet_core={OPTS['deltanet_core']!r})")
+            f"window={OPTS['window']!r}, deltanet_core={OPTS['deltanet_core']!r}, live_peak={OPTS['live_peak']!r}, "
+            f"batch={OPTS['batch']!r})")
 
 
 def _env() -> dict[str, str]:
@@ -127,11 +130,13 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
     cols = [("1 process", single)] + [(f"cp=2 rank {r['rank']}", r) for r in ring]
     w = 14
     line = lambda label, vals: print(f"  {label:<48}" + "".join(f"{v:>{w}}" for v in vals))  # noqa: E731
-    print(f"\n== sequence {seq}, batch 1, {steps} SGD step(s) ==")
+    print(f"\n== sequence {seq}, batch {OPTS['batch']}, {steps} SGD step(s) ==")
     line("", [c[0] for c in cols])
     line("post-import RSS (MiB)", [f"{_mib(r['post_import_rss_kib']):.1f}" for _, r in cols])
     line("peak RSS (MiB)", [f"{_mib(r['peak_rss_kib']):.1f}" for _, r in cols])
     line("peak - post-import (MiB)", [f"{_extra(r):.1f}" for _, r in cols])
+    if OPTS["live_peak"]:
+        line("tensors' peak live bytes (MiB, profiler)", [f"{r['live_peak_bytes'] / 2**20:.1f}" for _, r in cols])
     for i in range(steps):
         line(f"step {i + 1} wall (s)", [f"{r['steps'][i]['step_s']:.2f}" for _, r in cols])
     for i in range(steps):
@@ -164,6 +169,18 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
     print(f"  memory: cp=2 per rank / 1 process = {ratio:.3f}x (worst rank; "
           f"{max(_extra(r) for r in ring):.1f} / {_extra(single):.1f} MiB), target <= {target}x: "
           f"{'OK' if mem_ok else 'MISS'}")
+    live_ratio = None
+    if OPTS["live_peak"]:
+        live_ratio = max(r["live_peak_bytes"] for r in ring) / single["live_peak_bytes"]
+        print(f"  tensors' peak live bytes: cp=2 per rank / 1 process = {live_ratio:.3f}x (worst rank; torch's CPU "
+              f"allocator records, no heap retention), target <= {target}x: "
+              f"{'OK' if live_ratio <= target else 'MISS'}")
+        tile = single.get("fixed_tile_bytes")
+        if tile:  # a constant in every process's peak: what the ratio of the rest is (a diagnostic, no verdict)
+            rest = (max(r["live_peak_bytes"] for r in ring) - tile) / (single["live_peak_bytes"] - tile)
+            print(f"    of each peak, {tile / 2**20:.0f} MiB is TRL's fused log-prob head tile (TOKEN_CHUNK_SIZE x "
+                  f"the vocab chunk, whatever the vocab and the length): the rest, per rank / 1 process = "
+                  f"{rest:.3f}x (diagnostic)")
     bytes_ratio = exchange_share = None
     if OPTS["model"] in HALO_OF:
         layers = HALO_OF[OPTS["model"]]
@@ -194,7 +211,8 @@ def report(seq: int, steps: int, single: dict, ring: list[dict], walls: tuple[fl
           f"{100 * share_worst:.3f} %), target <= {100 * HOOK_TARGET:g} %: "
           f"{'n/a (' + OPTS['trainer'] + ')' if hook_ok is None else 'OK' if hook_ok else 'MISS'}")
     print(f"  (sanity) loss rel. diff cp=2 vs 1 process: {loss_err:.2e}")
-    return {"seq": seq, "mem_ratio": ratio, "hook_share": share_all, "bytes_ratio": bytes_ratio,
+    return {"seq": seq, "mem_ratio": ratio, "live_ratio": live_ratio, "hook_share": share_all,
+            "bytes_ratio": bytes_ratio,
             "exchange_share": exchange_share, "hook_share_worst_step": share_worst,
             "mem_ok": mem_ok, "hook_ok": hook_ok, "loss_rel_diff": loss_err}
 
@@ -211,6 +229,8 @@ def main() -> int:
                     help="llama: parity's tiny Llama (default); gemma3: 5 sliding : 1 full layers; lfm2: 2 conv : "
                          "1 full layers; qwen3_5: 3 Gated DeltaNet : 1 full layers; bamba: 3 Mamba-2 : 1 full "
                          "layers (HF Trainer)")
+    ap.add_argument("--batch", type=int, default=1, help="rows per step (--trainer dpo: chosen/rejected pairs; "
+                    "not --trainer grpo, whose batch is its two prompt groups); default 1")
     ap.add_argument("--window", type=int, default=512, help="--model gemma3: the sliding window (default 512)")
     ap.add_argument("--deltanet-core", choices=("heads", "chain"), default="heads",
                     help="diagnostic, --model qwen3_5: chain runs the Gated DeltaNet cores along the state's chain "
@@ -220,9 +240,12 @@ def main() -> int:
     ap.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
                     help="diagnostic: set glibc MALLOC_MMAP_THRESHOLD_ in every process (default: glibc's "
                          "dynamic threshold, i.e. what a user gets)")
+    ap.add_argument("--live-peak", action="store_true",
+                    help="also measure the tensors' peak live bytes (training under torch's profiler with "
+                         "profile_memory; its overhead is in the step times, so read the time targets without it)")
     a = ap.parse_args()
     OPTS.update(hidden=a.hidden, mmap_threshold=a.malloc_mmap_threshold, trainer=a.trainer, model=a.model,
-                window=a.window, deltanet_core=a.deltanet_core)
+                window=a.window, deltanet_core=a.deltanet_core, live_peak=a.live_peak, batch=a.batch)
     seqs = [int(s) for s in a.seq_len.split(",")]
     from bench._ring_cp_worker import BAMBA_LAYERS, GEMMA3_LAYERS, LFM2_LAYERS, QWEN3_5_LAYERS
     from cpshim.ring import parity

@@ -4,19 +4,22 @@ Their losses are non-linear in per-sequence values (log-prob sums through a sigm
 the last token, a KL estimate), so a rank's partial sum is not enough. Here only the decoder backbone
 (`model.base_model`: where attention mixes the sequence, and where the activations are) runs sharded.
 Its entry shards the sequence keys; its exit all-gathers the hidden states over the CP group and
-unshards them (`layout.gather`). Every head (the LM head, TRL's fused log-prob head, a score head) and
-the trainer's loss then run on the whole sequence on each rank, as one process runs them: exact for
-any loss, at the price of the head's work repeated on the cp ranks. Exchanges: one all-gather of the
-last hidden state per backbone call, one all-reduce of its gradient in backward.
+unshards them (`layout.gather`). Every head (the LM head, a score head) and the trainer's loss then run
+on the whole sequence on each rank, as one process runs them: exact for any loss, at the price of the
+head's work repeated on the cp ranks. Exchanges: one all-gather of the last hidden state per backbone
+call, one all-reduce of its gradient in backward. TRL's fused log-prob head is the exception: its calls
+are sharded at the model, the head runs on the shard and its per-token outputs are gathered instead
+(`cpshim.ring.fused_head`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-from . import layout, runtime, sharding, tripwires
+from . import fused_head, layout, runtime, sharding, tripwires
 from .trainer_hook import _check_mask, _fail, _unwrap, check_documents, check_text_only
 
 _signatures: dict[type, inspect.Signature] = {}
@@ -30,16 +33,21 @@ def backbone_of(model: Any) -> Any:
     return getattr(hf, "base_model", hf)
 
 
-def backbones(trainer: Any, model: Any) -> list[Any]:
-    """The backbones of the models a trainer calls in a step: the policy and, if any, the reference model."""
-    out: list[Any] = []
+def called(trainer: Any, model: Any) -> tuple[list[Any], list[Any]]:
+    """The models a trainer calls in a step (the policy and, if any, the reference model): their backbones,
+    and the models as called (DDP unwrapped, a PEFT model kept: it calls the one inside by `forward`), where
+    TRL's fused head is called."""
+    backbones: list[Any] = []
+    outer: list[Any] = []
     for candidate in (model, getattr(trainer, "model", None), getattr(trainer, "ref_model", None)):
         if candidate is None:
             continue
-        b = backbone_of(candidate)
-        if all(b is not other for other in out):
-            out.append(b)
-    return out
+        b, m = backbone_of(candidate), _unwrap(candidate)
+        if all(b is not other for other in backbones):
+            backbones.append(b)
+        if m is not b and all(m is not other for other in outer):
+            outer.append(m)
+    return backbones, outer
 
 
 def _signature(module: Any) -> inspect.Signature:
@@ -77,6 +85,22 @@ def _kwargs(module: Any, args: tuple, kwargs: dict) -> dict:
     return out
 
 
+@dataclass
+class _Call:
+    """A sharded call in flight: its step and layout, the step before it, whether under grad, the rows' shape and
+    left padding (`layout.left_padding`); for a fused-head call its whole shifted labels and whether shifted here."""
+
+    step: Any
+    layout: Any
+    before: Any
+    grad: bool
+    batch: int
+    length: int
+    lead: Any
+    targets: Any = None
+    trimmed: bool = False
+
+
 class _Calls:
     """The backbone calls of one training (or eval) step. A call under grad keeps its step current after it
     returns: gradient checkpointing recomputes the layers during backward, where the ring must run again
@@ -84,19 +108,32 @@ class _Calls:
 
     def __init__(self, group: Any, rank: int, cp: int) -> None:
         self.group, self.rank, self.cp = group, rank, cp
-        # per call in flight: (step, layout, step before it, grad, batch, length), or None for a nested call
-        self.stack: list[Any] = []
+        self.stack: list[_Call | None] = []  # per call in flight; None: a call passed through (nested, generation)
         self.kept: Any = None  # (step, layout) of the last call under grad
 
-    def enter(self, module: Any, args: tuple, kwargs: dict) -> Any:
-        import torch
-
+    def _passing(self) -> bool:
         if runtime.is_generating() or any(entry is not None for entry in self.stack):
             self.stack.append(None)  # generation (unsharded), or a backbone called inside one already sharded
+            return True
+        return False
+
+    def enter(self, module: Any, args: tuple, kwargs: dict) -> Any:
+        return None if self._passing() else self._shard(module, _kwargs(module, args, kwargs), {}, None, False)
+
+    def enter_head(self, module: Any, args: tuple, kwargs: dict) -> Any:
+        """A model's call through TRL's fused head: sharded here, with its shifted labels (its backbone's call
+        inside it then passes through)."""
+        if not fused_head.fused_call(kwargs) or self._passing():
             return None
+        kw = _kwargs(module, args, kwargs)
+        targets, trimmed = fused_head.shift(kw)
+        return self._shard(backbone_of(module), kw, {"shift_labels": -100}, targets, trimmed)
+
+    def _shard(self, module: Any, kw: dict, pad: dict, targets: Any, trimmed: bool) -> Any:
+        import torch
+
         settings = runtime.settings
         strategy = settings["strategy"]
-        kw = _kwargs(module, args, kwargs)
         check_text_only(kw)
         ref = kw.get("input_ids") if kw.get("input_ids") is not None else kw.get("inputs_embeds")
         if ref is None:
@@ -126,7 +163,7 @@ class _Calls:
             kw["use_cache"] = False  # a cache would hold this rank's shard only
         if settings["check_batches"] and kw.get("input_ids") is not None:
             tripwires.check_same_batch(kw["input_ids"], self.group, self.rank)
-        lay = layout.shard_keys(kw, layout.seq_keys(kw, batch, length), strategy, self.cp, self.rank, {})
+        lay = layout.shard_keys(kw, layout.seq_keys(kw, batch, length), strategy, self.cp, self.rank, pad)
         step = lay.step(self.group, settings, module)
         step.replicated = True
         step.watching = tripwires.watch(step)
@@ -136,23 +173,37 @@ class _Calls:
             raise _fail("two backbone calls under grad with different sequence layouts in one step, with gradient "
                         "checkpointing on: its recompute in backward could not tell their shards apart. Turn "
                         "gradient checkpointing off, or pad both calls to one length")
-        self.stack.append((step, lay, runtime.current_step(), grad, batch, length, lead))
+        self.stack.append(_Call(step, lay, runtime.current_step(), grad, batch, length, lead, targets, trimmed))
         runtime.set_step(step)
         return (), kw
 
-    def exit(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+    def _close(self) -> "_Call | None":
         entry = self.stack.pop()
         if entry is None:
             return None
-        step, lay, before, grad, batch, length, lead = entry
-        for handle in step.watching:
+        for handle in entry.step.watching:
             handle.remove()
-        tripwires.check_all_ran(step)
-        if grad:
-            self.kept = (step, lay)
+        tripwires.check_all_ran(entry.step)
+        if entry.grad:
+            self.kept = (entry.step, entry.layout)
         else:
-            runtime.set_step(before)
-        return _gathered(output, step, batch, length, lead, type(module).__name__)
+            runtime.set_step(entry.before)
+        return entry
+
+    def exit(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        entry = self._close()
+        if entry is None:
+            return None
+        return _gathered(output, entry.step, entry.batch, entry.length, entry.lead, type(module).__name__)
+
+    def exit_head(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        if not fused_head.fused_call(kwargs):
+            return None
+        entry = self._close()
+        if entry is None:
+            return None
+        return fused_head.gathered(output, entry.step, entry.targets, entry.trimmed, entry.lead,
+                                   kwargs.get("num_items_in_batch"))
 
 
 def _same_shards(a: Any, b: Any) -> bool:
@@ -187,18 +238,23 @@ def _gathered(output: Any, step: Any, batch: int, length: int, lead: Any, name: 
 
 
 @contextlib.contextmanager
-def sharded(trainer: Any, modules: list[Any], group: Any, rank: int, cp: int, training: bool) -> Iterator[None]:
-    """The step context of a label-less batch: each backbone's calls sharded (hooks removed at exit), the
-    trainer's gathers (TRL's metrics, KTO's KL estimate) over data-parallel ranks: its values are the same
-    on every rank of the group."""
+def sharded(trainer: Any, models: tuple[list[Any], list[Any]], group: Any, rank: int, cp: int,
+            training: bool) -> Iterator[None]:
+    """The step context of a label-less batch: each backbone's calls sharded, and each model's calls through
+    TRL's fused head (hooks removed at exit), the trainer's gathers (TRL's metrics, KTO's KL estimate) over
+    data-parallel ranks: its values are the same on every rank of the group."""
     calls = _Calls(group, rank, cp)
     before = runtime.current_step()
     handles = []
-    for m in modules:
+    backbones, outer = models
+    for m in backbones:
         if training:
             tripwires.arm(m)  # a training forward of the backbone outside a step is unsharded: refused
         handles.append(m.register_forward_pre_hook(calls.enter, with_kwargs=True, prepend=True))
         handles.append(m.register_forward_hook(calls.exit, with_kwargs=True))
+    for m in outer:
+        handles.append(m.register_forward_pre_hook(calls.enter_head, with_kwargs=True, prepend=True))
+        handles.append(m.register_forward_hook(calls.exit_head, with_kwargs=True))
     try:
         with runtime.replicated(trainer):
             yield

@@ -234,7 +234,7 @@ def prepare(call: Any, trainer: Any, model: Any, inputs: dict) -> tuple[Any, dic
     group, rank, cp = _cp_group(trainer)
     runtime.note_group(cp)
     if labelless:
-        models = backbone.backbones(trainer, model)
+        models = backbone.called(trainer, model)
         return (lambda: backbone.sharded(trainer, models, group, rank, cp, not evaluating)), inputs
     if vision:
         _check_mask(inputs.get("attention_mask"))

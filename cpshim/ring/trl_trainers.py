@@ -14,15 +14,16 @@ from typing import Any, Mapping
 from ..specs import parse, release_key
 
 _BACKBONE = ("exact (label-less: the backbone runs sharded, its hidden states are all-gathered, heads and loss see "
-             "the whole sequence)")
+             "the whole sequence; TRL's fused log-prob head, TRL >= 1.15, runs on the shard and its per-token "
+             "log-probs are all-gathered)")
 #: The oldest and newest TRL the matrix's cells run each trainer's parity test on (test_trl_parity.py for SFT
 #: packing, test_pref_parity.py for DPO, KTO and reward, test_rl_parity.py for GRPO and RLOO).
 _TESTED = {"SFT": ("1.11.0", "1.16.0"), "DPO": ("1.5.1", "1.16.0"), "KTO": ("1.5.1", "1.16.0"),
            "Reward": ("1.5.1", "1.16.0"), "GRPO": ("1.5.1", "1.16.0"), "RLOO": ("1.5.1", "1.16.0")}
 _GENERATING = ("exact (generation batch: each CP rank generates its share of the group's prompts, completions "
-               "exchanged; the backbone sharded, heads and loss on the whole sequence; accelerate's collectives "
-               "over data-parallel ranks; TRL's cp guard relaxed); HF generate only: use_vllm, tools and "
-               "environments refused")
+               "exchanged; the backbone sharded, heads and loss on the whole sequence (TRL's fused log-prob head "
+               "on the shard, its per-token log-probs all-gathered); accelerate's collectives over data-parallel "
+               "ranks; TRL's cp guard relaxed); HF generate only: use_vllm, tools and environments refused")
 
 
 def _untested(name: str, key: Any, raw: Any) -> str:

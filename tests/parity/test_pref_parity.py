@@ -1,7 +1,9 @@
 """TRL's DPO, KTO and reward trainers under ring CP equal one process running the same script.
 
 Their batches carry no labels: the backbone runs sharded and its hidden states are all-gathered, so
-TRL's heads and losses see the whole sequence (`cpshim.ring.backbone`). SGD, TRL's defaults otherwise
+TRL's heads and losses see the whole sequence (`cpshim.ring.backbone`); TRL's fused log-prob head (TRL >=
+1.15, DPO and KTO) runs on the shard and its per-token log-probs are gathered (`cpshim.ring.fused_head`).
+SGD, TRL's defaults otherwise
 (gradient checkpointing on: the recompute runs the ring again), zigzag, a prompt whose copy is the
 chosen completion (attention across shards matters): per-step losses and first-step per-tensor
 gradients against one process's reference attention, within the parity suite's tolerances. DPO:
@@ -65,6 +67,21 @@ def test_preference_trainer_equals_one_process(results, case):
     verdict = _check(ref, ring)
     print(case, verdict)
     assert verdict["ok"], verdict
+
+
+@pytest.mark.parametrize("case", ["dpo-sigmoid", "dpo-peft-reference", "kto"])
+def test_fused_head_runs_on_the_shard(results, case):
+    """On a TRL with the fused log-prob head (1.15 on) every call through it ran on this rank's shard: the
+    per-token outputs it computed are 1/cp of the row (policy, reference and KTO's KL calls alike). On an
+    older TRL there is no such call (the hidden states are gathered)."""
+    import trl.trainer.utils
+
+    calls = results[case][1]["fused_head_calls"]
+    if not hasattr(trl.trainer.utils, "add_fused_lm_head"):
+        assert calls == []
+        return
+    assert calls, "no call through TRL's fused head was sharded at the model"
+    assert all(2 * width == padded for width, padded in calls), calls
 
 
 @pytest.mark.parametrize("case", [c["id"] for c in CASES if not c.get("negative")])
