@@ -29,10 +29,11 @@ check, and count the batch's tokens twice.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 from cpshim.ring import parity
 
@@ -164,22 +165,25 @@ def _dataset(data: list[dict], out_dir: str, name: str) -> Any:
     return load_from_disk(path)
 
 
-def _record_fused_head_calls() -> list:
+@contextlib.contextmanager
+def _fused_head_calls() -> Iterator[list]:
     """(the per-token width TRL's fused head computed, the row's padded length) of each of its calls that
-    cpshim gathered in this case's training (`cpshim.ring.fused_head`): it ran on the shard if the first is
-    1/cp of the second."""
+    cpshim gathered inside the block (`cpshim.ring.fused_head`): it ran on the shard if the first is 1/cp of
+    the second."""
     from cpshim.ring import fused_head
 
     calls: list = []
-    original = getattr(fused_head.gathered, "__wrapped__", fused_head.gathered)
+    original = fused_head.gathered
 
     def recording(output: Any, step: Any, *args: Any) -> Any:
         calls.append((int(output["log_probs"].shape[1]), step.global_len))
         return original(output, step, *args)
 
-    recording.__wrapped__ = original  # type: ignore[attr-defined]
-    fused_head.gathered = recording
-    return calls
+    fused_head.gathered = recording  # looked up as a module attribute by the backbone path
+    try:
+        yield calls
+    finally:
+        fused_head.gathered = original
 
 
 def run_case(case: dict, cp: int, out_dir: str) -> dict:
@@ -197,8 +201,8 @@ def run_case(case: dict, cp: int, out_dir: str) -> dict:
     os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
     recorder = parity._Recorder()
     trainer = _trainer(case, cp, out_dir, [recorder.callback])
-    head_calls = _record_fused_head_calls()
-    trainer.train()
+    with _fused_head_calls() as head_calls:
+        trainer.train()
     rank = dist.get_rank() if dist.is_initialized() else 0
     batch = next(iter(trainer.get_train_dataloader()))
     metrics = [{k: h[k] for k in METRICS if k in h} for h in trainer.state.log_history if "loss" in h]
