@@ -14,6 +14,8 @@ this module only adds measurements to it:
   With `live_peak`, training also runs under torch's profiler with `profile_memory`: the peak of the running sum
   of its CPU allocation records (bytes allocated minus freed since training began) is the tensors' own peak,
   what `torch.cuda.max_memory_allocated` is on a GPU: glibc's retention of freed blocks is not in it.
+  Always, `bench._heap_sampler.HeapAtPeak` reads glibc's heap at the highest sampled RSS: how much of the peak
+  is memory freed but kept by the allocator.
 - time: `on_step_begin`..`on_step_end` is one step (forward, backward, optimizer). cpshim's hook is the
   Trainer's `_prepare_context_parallel_inputs` as patched in ring mode (cpshim's dispatch, upstream's
   full-length key preparation, checks, padding, sharding, the same-batch all_gather), timed per call
@@ -156,6 +158,7 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
     from transformers import TrainerCallback
 
     import cpshim  # noqa: F401  (imported before the post-import measurement, as a user would)
+    from bench._heap_sampler import HeapAtPeak
     from cpshim.ring import parity, tripwires
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -191,14 +194,17 @@ def main(cp: int, seq_len: int, steps: int, out_dir: str, hidden: int | None = N
         if cp > 1:  # the instance attribute shadows (and calls) the class's patched method
             bound = type(self)._prepare_context_parallel_inputs.__get__(self)
             self._prepare_context_parallel_inputs = timer.wrap("hook", bound)
-        if not live_peak:
-            return original_train(self, *args, **kwargs)
-        from torch.profiler import ProfilerActivity, profile
+        with HeapAtPeak() as heap:
+            if not live_peak:
+                result = original_train(self, *args, **kwargs)
+            else:
+                from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = original_train(self, *args, **kwargs)
-        rec["live_peak_bytes"] = _live_peak_bytes(prof)
-        rec["fixed_tile_bytes"] = _fused_head_tile_bytes(self)
+                with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                    result = original_train(self, *args, **kwargs)
+                rec["live_peak_bytes"] = _live_peak_bytes(prof)
+                rec["fixed_tile_bytes"] = _fused_head_tile_bytes(self)
+        rec["heap_at_peak"] = heap.result()
         return result
 
     transformers.Trainer.train = train

@@ -16,6 +16,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from cpshim.ring.errors import ProviderError, UnsupportedAttentionError
 from cpshim.ring.providers import (
@@ -319,6 +321,54 @@ def test_backward_writes_into_strided_views_only():
     for b, w in zip(big, want):
         assert (b[:, :8] - w).abs().max() <= 1e-5
         assert bool((b[:, 8:] == 7.0).all())
+
+
+class _NewStorages(TorchDispatchMode):
+    """Bytes of every storage an op returns that none of its inputs owns: the allocations made under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.nbytes += [t.untyped_storage().nbytes() for t in tree_leaves(out)
+                        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given]
+        return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(sq=st.integers(33, 80), extra=st.integers(0, 12), hk=st.sampled_from([1, 2]), g=st.sampled_from([1, 2]),
+       causal=st.booleans(), window=st.sampled_from([-1, 24]), cap=st.sampled_from([0.0, 2.0]))
+def test_reference_allocates_score_blocks_once_per_call(sq, extra, hk, g, causal, window, cap):
+    """The score-sized blocks (rows x keys) of a call live in buffers allocated once (forward: the scores;
+    backward: the scores and their gradient; with a softcap, its tanh too), not once per row block: causal
+    blocks widen block by block, and a fresh allocation each, a little larger than the last, fragments a CPU
+    heap. Counted: allocations of at least half the widest block, with rows of 16 and head dim 1 so that no
+    per-call tensor (inputs' fp32 copies, lse, softmax_d, the key gradients' accumulators, index ranges, masks)
+    reaches that size. One allocation per row block would give at least two here (3 to 5 row blocks, half or
+    more of them that wide)."""
+    rows = 16
+    ref_mod.BLOCK_ROWS, saved = rows, ref_mod.BLOCK_ROWS
+    try:
+        sk, left = sq + extra, window if causal else -1
+        q, k, v = torch.randn(1, sq, hk * g, 1), torch.randn(1, sk, hk, 1), torch.randn(1, sk, hk, 1)
+        widest = max(hi - lo for i0 in range(0, sq, rows)
+                     for lo, hi in [ref_mod._key_range(i0, min(sq, i0 + rows), sk - sq, sk, causal, left)])
+        score_sized = hk * g * rows * widest * 4 // 2  # bytes: half the widest fp32 block
+        common = dict(dropout_p=0.0, softmax_scale=None, causal=causal, window_size_left=left,
+                      window_size_right=0 if left >= 0 else -1, softcap=cap, alibi_slopes=None)
+        with _NewStorages() as fwd:
+            out, lse, _, _ = P.forward(q=q, k=k, v=v, return_softmax=False, **common)
+        dout, dq, dk, dv = torch.randn_like(out), torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        with _NewStorages() as bwd:
+            P.backward(dout=dout, q=q, k=k, v=v, out=out, softmax_lse=lse, dq=dq, dk=dk, dv=dv,
+                       deterministic=False, **common)
+        assert sum(n >= score_sized for n in fwd.nbytes) == 1 + bool(cap), (score_sized, sorted(fwd.nbytes))
+        assert sum(n >= score_sized for n in bwd.nbytes) == 2 + bool(cap), (score_sized, sorted(bwd.nbytes))
+    finally:
+        ref_mod.BLOCK_ROWS = saved
 
 
 @pytest.mark.parametrize("kwargs", [

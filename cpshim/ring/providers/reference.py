@@ -8,11 +8,15 @@ bottom-right aligned as in flash-attn >= 2.1, and so is a causal window to the l
 diagonal - window_size_left .. diagonal). Softcap is flash-attn's: scaled scores become
 cap * tanh(scores / cap) before the masks, and the backward multiplies by 1 - tanh^2. Math runs in
 fp32 (fp64 for fp64 input) over blocks of queries so that memory stays O(block x s_k) (with a
-window, O(block x (block + window))).
+window, O(block x (block + window))). A call's score-sized blocks live in buffers allocated once per call
+(`_Workspace`): causal blocks widen row block by row block, and a fresh allocation per block, each a little
+larger than the last, fragments a CPU heap (glibc keeps the freed blocks, so a process's resident memory
+grows by more than the kernel ever holds).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -64,16 +68,36 @@ def _key_range(i0: int, i1: int, offset: int, sk: int, causal: bool, left: int) 
     return lo, hi
 
 
-def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap=0.0):
-    """Scaled scores (b, hk, g, rows, hi - lo) against keys [lo, hi), softcapped when cap > 0; the
-    bottom-right causal mask on the diagonal band, and the window's edge (keys before diagonal - left)
-    when there is one. Returns (scores, tanh of the capped scores or None)."""
-    b, hk = qb.shape[:2]
-    s = torch.matmul(qb, kh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
+class _Workspace:
+    """Flat buffers the size of a call's widest block (b, hk, g * BLOCK_ROWS, keys), allocated on first use;
+    each block's scores (0), their gradient (1, backward) and softcap's tanh (2) are a prefix of one of them."""
+
+    def __init__(self, b: int, hk: int, g: int, sq: int, sk: int, causal: bool, left: int, dtype: torch.dtype,
+                 device: torch.device):
+        widest = max((hi - lo for i0 in range(0, sq, BLOCK_ROWS)
+                      for lo, hi in [_key_range(i0, min(sq, i0 + BLOCK_ROWS), sk - sq, sk, causal, left)]),
+                     default=0)
+        self.numel = b * hk * g * min(sq, BLOCK_ROWS) * widest
+        self.dtype, self.device = dtype, device
+        self.buffers: dict[int, torch.Tensor] = {}
+
+    def block(self, i: int, *shape: int) -> torch.Tensor:
+        if i not in self.buffers:
+            self.buffers[i] = torch.empty(self.numel, dtype=self.dtype, device=self.device)
+        return self.buffers[i][:math.prod(shape)].view(shape)
+
+
+def _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap, ws: _Workspace):
+    """Scaled scores (b, hk, g, rows, hi - lo) against keys [lo, hi), in workspace buffer 0, softcapped
+    when cap > 0; the bottom-right causal mask on the diagonal band, and the window's edge (keys before
+    diagonal - left) when there is one. Returns (scores, tanh of the capped scores or None)."""
+    b, hk, rows = qb.shape[:3]
+    s = torch.matmul(qb, kh[:, :, lo:hi].transpose(-1, -2), out=ws.block(0, b, hk, rows, hi - lo))
+    s = s.view(b, hk, g, i1 - i0, hi - lo)
     t = None
-    if cap:
-        t = s.div_(cap).tanh_()
-        s = t.mul(cap)
+    if cap:  # tanh kept (buffer 2) for the backward's 1 - tanh^2
+        t = ws.block(2, *s.shape).copy_(s).div_(cap).tanh_()
+        s.copy_(t).mul_(cap)
     rows = torch.arange(i0, i1, device=s.device).unsqueeze(1) + offset
     cols = torch.arange(lo, hi, device=s.device).unsqueeze(0)
     if left >= 0:
@@ -103,12 +127,13 @@ def _dense_forward(q, k, v, scale: float, causal: bool, left: int = -1, cap: flo
     qh, kh, vh = _heads(q, hk, cdt, scale), _kv(k, cdt), _kv(v, cdt)
     offset = sk - sq
     step = BLOCK_ROWS
+    ws = _Workspace(b, hk, g, sq, sk, causal, left, cdt, q.device)
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
         lo, hi = _key_range(i0, i1, offset, sk, causal, left)
         if hi == lo:
             continue  # every row fully masked: out 0, lse +inf (flash-attn's convention)
-        p, _ = _scores(_block(qh, i0, i1), kh, g, i0, i1, lo, hi, offset, causal, left, cap)
+        p, _ = _scores(_block(qh, i0, i1), kh, g, i0, i1, lo, hi, offset, causal, left, cap, ws)
         m = p.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p.sub_(m).exp_()
@@ -137,6 +162,8 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
     dq_v = dq.view(b, sq, hk, g, d) if dq.is_contiguous() else None
     offset = sk - sq
     step = BLOCK_ROWS
+    ws = _Workspace(b, hk, g, sq, sk, causal, left, cdt, q.device)
+    dk_bmm, dv_bmm = dk_acc.view(b * hk, sk, d), dv_acc.view(b * hk, sk, v.shape[-1])
     for i0 in range(0, sq, step):
         i1 = min(sq, i0 + step)
         rows = g * (i1 - i0)
@@ -145,9 +172,10 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
             dq[:, i0:i1].zero_()
             continue
         qb, dob = _block(qh, i0, i1), _block(doh, i0, i1)
-        p, t = _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap)
+        p, t = _scores(qb, kh, g, i0, i1, lo, hi, offset, causal, left, cap, ws)
         p.sub_(lse_h[..., i0:i1, None]).exp_()  # lse +inf (empty row) -> p = 0
-        ds = torch.matmul(dob, vh[:, :, lo:hi].transpose(-1, -2)).view(b, hk, g, i1 - i0, hi - lo)
+        ds = torch.matmul(dob, vh[:, :, lo:hi].transpose(-1, -2), out=ws.block(1, b, hk, rows, hi - lo))
+        ds = ds.view(b, hk, g, i1 - i0, hi - lo)
         ds.sub_(delta[..., i0:i1, None]).mul_(p)
         if t is not None:  # d(cap * tanh(x / cap)) / dx
             ds.mul_(t.square_().neg_().add_(1.0))
@@ -157,8 +185,9 @@ def _dense_backward(dout, q, k, v, out, lse, dq, dk, dv, scale: float, causal: b
             dq_v[:, i0:i1].copy_(dq_blk)
         else:
             dq[:, i0:i1].copy_(dq_blk.reshape(b, i1 - i0, h, d))
-        dk_acc[:, :, lo:hi] += torch.matmul(ds2.transpose(-1, -2), qb)  # qb already carries the scale
-        dv_acc[:, :, lo:hi] += torch.matmul(p2.transpose(-1, -2), dob)
+        # accumulated in place (no (keys, d) product per block); qb already carries the scale
+        dk_bmm[:, lo:hi].baddbmm_(ds2.reshape(b * hk, rows, hi - lo).transpose(1, 2), qb.reshape(b * hk, rows, d))
+        dv_bmm[:, lo:hi].baddbmm_(p2.reshape(b * hk, rows, hi - lo).transpose(1, 2), dob.reshape(b * hk, rows, -1))
     dk.copy_(dk_acc.permute(0, 2, 1, 3))
     dv.copy_(dv_acc.permute(0, 2, 1, 3))
     return delta.reshape(b, h, sq).float()
